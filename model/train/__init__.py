@@ -1,0 +1,1 @@
+"""Training: datasets, synthetic video, mini-sequence sampler, processing, Lovasz loss, trainer."""
