@@ -1,0 +1,61 @@
+"""`lwl eval`: J&F on a DAVIS-layout folder, or a YouTube-VOS submission zip (--youtubevos)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("eval", help="evaluate a model: DAVIS J&F, or a YouTube-VOS export",
+                              description="Run the tracker on a DAVIS-layout set and print per-sequence and "
+                                          "mean J, F, J&F (DAVIS 2017 definitions).")
+    p.add_argument("--data", required=True, help="DAVIS layout or YouTube-VOS valid folder")
+    p.add_argument("--out", required=True, help="results folder (zip path with --youtubevos)")
+    p.add_argument("--weights", default=None, help="weights file (default: the bundled model)")
+    p.add_argument("--sequences", nargs="*", default=None, help="only these sequences")
+    p.add_argument("--max-frames", type=int, default=None, help="only the first N frames of each sequence")
+    p.add_argument("--crop", type=int, nargs=2, default=None, metavar=("H", "W"), help="tracker crop size")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    p.add_argument("--baseline", choices=["copy-first"], default=None,
+                   help="score a baseline instead of a model (copy the first mask to every frame)")
+    p.add_argument("--youtubevos", action="store_true", help="write a YouTube-VOS submission zip to --out")
+    p.set_defaults(func=run)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from model.eval.runner import (
+        copy_first_tracker,
+        evaluate_davis,
+        format_table,
+        load_tracker_factory,
+        write_results,
+    )
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    crop = tuple(args.crop) if args.crop else None
+    if args.baseline == "copy-first":
+        factory, name = copy_first_tracker, "copy-first-mask"
+    else:
+        factory, name = load_tracker_factory(args.weights, device, crop)
+    if args.youtubevos:
+        from model.eval.ytvos import export_youtubevos
+
+        path = export_youtubevos(factory, args.data, args.out, args.sequences, log=print)
+        print(f"wrote {path}")
+        return 0
+    scores, summary, info = evaluate_davis(factory, args.data, args.out, args.sequences, args.max_frames,
+                                           log=lambda s: print(s, flush=True))
+    info.update({"model": name, "data": str(args.data)})
+    write_results(args.out, scores, summary, info)
+    print(format_table(scores, summary))
+    fps = info["frames"] / max(info["seconds"], 1e-9)
+    print(f"\n{name}: J&F {summary.jf_mean:.3f}  J {summary.j_mean:.3f}  F {summary.f_mean:.3f}  "
+          f"({info['frames']} frames, {fps:.2f} fps)  results in {Path(args.out) / 'results.json'}")
+    print(json.dumps({"J&F": summary.jf_mean, "J": summary.j_mean, "F": summary.f_mean}), file=sys.stderr)
+    return 0
