@@ -75,7 +75,7 @@ def read_sequence(root: Path, name: str, max_frames: int | None = None
     paths = sorted(p for p in (_img_root(root) / name).iterdir() if p.suffix.lower() in (".jpg", ".png"))
     if max_frames:
         paths = paths[:max_frames]
-    frames = [np.asarray(Image.open(p).convert("RGB")) for p in paths]
+    frames = [np.array(Image.open(p).convert("RGB")) for p in paths]
     anns = {}
     for i, p in enumerate(paths):
         a = _ann_root(root) / name / (p.stem + ".png")
