@@ -17,6 +17,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: the recipe's, auto)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--init-weights", default=None, help="override the recipe's init_weights")
+    p.add_argument("--ablation", choices=["raw_labels"], default=None,
+                   help="train the paper's ablation baseline (labels = raw mask, no weight predictor)")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bar (logs only)")
     p.set_defaults(func=run)
     return p
@@ -33,6 +35,8 @@ def run(args: argparse.Namespace) -> int:
         cfg.device = args.device
     if args.threads is not None:
         cfg.threads = args.threads
+    if args.ablation:
+        cfg.net = {**cfg.net, "ablation": args.ablation}
     if args.init_weights:
         cfg.init_weights = args.init_weights
     trainer = Trainer(cfg, fresh=args.fresh, max_minutes=args.max_minutes, max_steps=args.max_steps,

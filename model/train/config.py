@@ -29,6 +29,8 @@ class PhaseConfig:
     milestones: list[int] = field(default_factory=list)  # phase-local steps where lr *= gamma
     gamma: float = 0.2
     loss_weight: float = 100.0
+    direct_weight: float = 0.0  # single mode: also segment the train frame from E(mask) directly
+    bce_weight: float = 0.0  # extra BCE term (0 = the reference loss); helps training from scratch
     num_train: int = 1
     num_test: int = 3
     max_gap: int = 100
@@ -64,6 +66,7 @@ class TrainConfig:
 
     def net_config(self) -> NetConfig:
         d = dict(self.net)
+        d.pop("ablation", None)  # not an architecture field (see model.train.ablation)
         preset = d.pop("preset", None)
         base = {"compact": NetConfig.compact, "official_stage2": NetConfig.official_stage2,
                 "official_boxinit": NetConfig.official_boxinit}

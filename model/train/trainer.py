@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from model.config import NetConfig
@@ -277,12 +278,45 @@ class Trainer:
             imgs = b["train_images"].reshape(-1, *b["train_images"].shape[-3:])
             logits = self.net.forward_box(imgs, b["train_boxes"].reshape(-1, 4))
             masks = b["train_masks"].reshape(-1, *b["train_masks"].shape[-2:])
-            loss = ph.loss_weight * lovasz_sigmoid(torch.sigmoid(logits), masks) / ph.num_train
+            loss = self._loss(ph, logits, masks) / ph.num_train
             return loss, batch_iou(logits[None], masks[None])
+        if ph.mode == "single" and ph.direct_weight:
+            return self._single_with_direct(ph, b)
         logits = self.net(b["train_images"], b["test_images"], b["train_masks"],
                           num_init_iter=ph.num_init_iter, num_update_iter=ph.num_update_iter)
-        loss = ph.loss_weight * lovasz_sigmoid(torch.sigmoid(logits), b["test_masks"])
-        return loss, batch_iou(logits, b["test_masks"])
+        return self._loss(ph, logits, b["test_masks"]), batch_iou(logits, b["test_masks"])
+
+    def _single_with_direct(self, ph: PhaseConfig, b: dict[str, torch.Tensor]) -> tuple[torch.Tensor, float]:
+        """Warm-up forward (notes: teach the network to see first): the test frame is segmented through
+        the few-shot learner, and the train frame straight from its mask encoding E(m), which gives the
+        decoder and backbone a strong, learner-independent signal while the learner is still poor."""
+        net = self.net
+        tr, te = b["train_images"], b["test_images"]
+        nb = tr.shape[1]
+        size = tuple(tr.shape[-2:])
+        feats = net.extract_features(torch.cat((tr, te)).reshape(-1, *tr.shape[-3:]))
+        x = net.target_features(feats["layer3"])
+        x = x.reshape(-1, nb, *x.shape[-3:])
+        ntr = tr.shape[0]
+        y, v = net.encode_labels(b["train_masks"])
+        tau, _, _ = net.learn(x[:ntr], y, v, ph.num_init_iter)
+        feats_tr = {k: f[:ntr * nb] for k, f in feats.items()}  # frame-major: train frames first
+        feats_te = {k: f[ntr * nb:] for k, f in feats.items()}
+        enc_te = net.target_model.apply(tau, x[ntr:])
+        logits_te = net.decoder(enc_te, feats_te, size).reshape(-1, nb, *size)
+        logits_tr = net.decoder(y, feats_tr, size).reshape(-1, nb, *size)
+        loss = self._loss(ph, logits_te, b["test_masks"]) + ph.direct_weight * self._loss(
+            ph, logits_tr, b["train_masks"])
+        return loss, batch_iou(logits_te, b["test_masks"])
+
+    @staticmethod
+    def _loss(ph: PhaseConfig, logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        """weight x Lovasz (spec §7.1), plus optional BCE: from random weights the Lovasz loss alone
+        sits at its p = 0.5 plateau (loss = 0.5) for a long time; BCE gives dense gradients to escape it."""
+        loss = ph.loss_weight * lovasz_sigmoid(torch.sigmoid(logits), masks)
+        if ph.bce_weight:
+            loss = loss + ph.bce_weight * F.binary_cross_entropy_with_logits(logits, masks)
+        return loss
 
     def train_step(self, ph: PhaseConfig, batch: dict[str, torch.Tensor]) -> tuple[float, float]:
         assert self.optimizer is not None

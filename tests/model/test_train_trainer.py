@@ -91,7 +91,7 @@ def _write_tiny_recipe(tmp_path: Path) -> Path:
         "data": [{"type": "synthetic", "weight": 1, "max_objects": 2}],
         "phases": [
             {"name": "warmup", "mode": "single", "steps": 2, "batch_size": 1, "num_test": 1,
-             "lr": {"": 1e-3}},
+             "direct_weight": 1.0, "bce_weight": 10.0, "lr": {"": 1e-3}},
             {"name": "sequence", "mode": "sequence", "steps": 1, "batch_size": 1, "lr": {"": 1e-3}},
             {"name": "box", "mode": "box", "steps": 1, "batch_size": 1, "eval_mode": True,
              "loss_weight": 10.0, "lr": {"box_label_encoder": 1e-3}},
