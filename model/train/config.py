@@ -56,6 +56,7 @@ class TrainConfig:
     init_weights: str | None = None  # project safetensors or pytracking .pth to start from
     init_backbone: str | None = None  # state dict for `feature_extractor` only (stage 1)
     export_to: str | None = None  # copy the final model here (e.g. the bundled weights)
+    export_dtype: str = "float32"  # "float16" halves the shipped file (the repo limit is 50 MB)
     seed: int = 0
     device: str = "auto"
     threads: int = 0  # torch intra-op threads, 0 = torch default

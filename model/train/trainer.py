@@ -210,14 +210,19 @@ class Trainer:
         self.log(f"resumed from {path}: phase {self.phase_idx} step {self.phase_step} "
                  f"(global {self.global_step})")
 
-    def export(self, path: Path, phase: str) -> Path:
+    def export(self, path: Path, phase: str, dtype: str = "float32") -> Path:
         """Write the project's weights format (safetensors + JSON config) for this network."""
         meta = {"trained": {"recipe": self.cfg.name, "phase": phase, "global_step": self.global_step,
                             "hours": round(self.elapsed / 3600, 3)}}
         if self.ablation:
             meta["ablation"] = self.ablation
         preset = "lwl_boxinit" if phase and self._phase_mode(phase) == "box" else "lwl_ytvos"
-        return save_weights(path, self.net, self.net_cfg, preset, meta)
+        sd = self.net.state_dict()
+        if dtype != "float32":
+            target = getattr(torch, dtype)
+            sd = {k: v.to(target) if v.is_floating_point() else v for k, v in sd.items()}
+            meta["stored_dtype"] = dtype
+        return save_weights(path, sd, self.net_cfg, preset, meta)
 
     def _phase_mode(self, name: str) -> str:
         return next((p.mode for p in self.cfg.phases if p.name == name), "sequence")
@@ -455,14 +460,15 @@ class Trainer:
         last_phase = cfg.phases[min(self.phase_idx, len(cfg.phases)) - 1].name if self.phase_idx else ""
         path = self.export(self.out / "model.safetensors", last_phase)
         if self.phase_idx >= len(cfg.phases) and cfg.export_to:
-            path = self.export(export_path, last_phase)
+            path = self.export(export_path, last_phase, cfg.export_dtype)
         self.plot()
         self.log(f"{'finished' if self.phase_idx >= len(cfg.phases) else 'paused'} at global step "
                  f"{self.global_step}; weights {path}; log {self.out / 'metrics.jsonl'}")
         return path
 
 
-def save_weights(path: Path, net: nn.Module, cfg: NetConfig, preset: str, meta: dict[str, Any]) -> Path:
+def save_weights(path: Path, sd: dict[str, torch.Tensor], cfg: NetConfig, preset: str,
+                 meta: dict[str, Any]) -> Path:
     """model.checkpoint.save_model, with an equivalent writer if that module cannot be imported."""
     try:
         from model.checkpoint import save_model
@@ -471,10 +477,10 @@ def save_weights(path: Path, net: nn.Module, cfg: NetConfig, preset: str, meta: 
 
         header = {"format": "lwl-vos/1", "net": cfg.to_dict(), "tracker_preset": preset, **meta}
         path.parent.mkdir(parents=True, exist_ok=True)
-        tensors = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
+        tensors = {k: v.detach().cpu().contiguous() for k, v in sd.items()}
         save_file(tensors, str(path), metadata={"lwl": json.dumps(header)})
         return path
-    return save_model(path, net, cfg, tracker_preset=preset, extra_meta=meta)
+    return save_model(path, sd, cfg, tracker_preset=preset, extra_meta=meta)
 
 
 def plot_metrics(recs: list[dict[str, Any]], path: Path, title: str = "") -> Path:

@@ -87,6 +87,7 @@ def test_all_shipped_configs_parse() -> None:
 def _write_tiny_recipe(tmp_path: Path) -> Path:
     recipe = {
         "name": "tiny", "out_dir": str(tmp_path / "run"), "threads": 2, "log_every": 1,
+        "export_to": str(tmp_path / "ship.safetensors"), "export_dtype": "float16",
         "net": {"preset": "compact", "crop_size": list(CROP)},
         "data": [{"type": "synthetic", "weight": 1, "max_objects": 2}],
         "phases": [
@@ -117,7 +118,10 @@ def test_trainer_checkpoints_resumes_and_exports(tmp_path: Path) -> None:
     recs = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in recs if r["type"] == "train"] == [1, 2, 3, 4]
     assert np.isfinite([r["loss"] for r in recs if r["type"] == "train"]).all()
-    assert weights.exists()
+    assert weights == tmp_path / "ship.safetensors" and weights.exists()
+    from safetensors.torch import load_file
+
+    assert load_file(str(weights))["decoder.project.conv2.weight"].dtype == torch.float16
     pytest.importorskip("model.tracker")
     from model.eval.runner import load_tracker_factory
 
