@@ -1,0 +1,526 @@
+"""The worker: owns one device, holds per-session trackers, consumes its work stream, runs video jobs.
+
+Recovery: after every control op, and every LWL_SNAPSHOT_EVERY frames, the tracker state
+(`export_state()`) goes to the store; frames after the snapshot go to a replay log. A worker that
+receives work for a session it does not hold (the api reassigned it after the owner died) restores
+the snapshot, replays the log, publishes results the client has not seen, and carries on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import threading
+import time
+import zipfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from model.errors import InputError
+from service import obs
+from service.backends import MemoryBackend, RedisBackend
+from service.codec import b64, binary_png, frame_bytes, pack, parse_frame_bytes, rle_encode, unpack
+from service.settings import Settings, parse_crop
+
+log = logging.getLogger("lwl.worker")
+
+
+class OpError(Exception):
+    """An op that fails with an HTTP-like status (404 unknown session, 503 full, ...)."""
+
+    def __init__(self, status: int, code: str, detail: str) -> None:
+        super().__init__(detail)
+        self.status, self.code, self.detail = status, code, detail
+
+
+@dataclass
+class HeldSession:
+    """A session's tracker and bookkeeping, in this worker's memory."""
+
+    tracker: Any
+    last_seq: int = 0
+    frames_since_snapshot: int = 0
+    last_active: float = field(default_factory=time.monotonic)
+
+
+def encode_result(res: Any, fmt: str, compute_ms: float) -> dict[str, Any]:
+    """FrameResult -> the JSON result message (png: merged DAVIS PNG + 1-bit PNG per object; rle: COCO)."""
+    from model.media import encode_label_png
+
+    labels = res.labels
+    objs = []
+    for oid, o in res.objects.items():
+        m = labels == oid
+        objs.append({
+            "id": int(oid),
+            "box": [float(v) for v in o.box] if o.box is not None else None,
+            "score": float(o.score),
+            "area": int(o.area),
+            "mask": b64(binary_png(m)) if fmt == "png" else rle_encode(m),
+        })
+    out: dict[str, Any] = {
+        "type": "result", "frame_index": int(res.frame_index),
+        "size": [int(labels.shape[0]), int(labels.shape[1])], "objects": objs,
+        "compute_ms": round(compute_ms, 3), "format": fmt,
+    }
+    if fmt == "png":
+        out["labels"] = b64(encode_label_png(labels))
+    return out
+
+
+class Worker:
+    """One device, many sessions; same code for `lwl worker` (Redis) and `lwl serve` (in-process)."""
+
+    def __init__(self, settings: Settings, backend: RedisBackend | MemoryBackend, model: Any = None,
+                 worker_id: str | None = None) -> None:
+        self.s = settings
+        self.b = backend
+        self.model = model
+        self.id = worker_id or settings.resolved_worker_id
+        self.sessions: dict[str, HeldSession] = {}
+        self.compute = ThreadPoolExecutor(1, thread_name_prefix="lwl-compute")
+        self.job_pool = ThreadPoolExecutor(1, thread_name_prefix="lwl-job")
+        self.draining = False
+        self.stopped = asyncio.Event()
+        self.running_jobs = 0
+        self.tasks: list[asyncio.Task] = []
+        self.last_id = "0"
+        self.started = time.time()
+        self.device = "cpu"
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        """Load the model (in a thread) and start the loops."""
+        if self.model is None:
+            self.model = await asyncio.get_running_loop().run_in_executor(self.compute, self._load_model)
+        self.device = str(getattr(self.model, "device", "cpu"))
+        await self.b.drop_work(self.id)
+        await self._heartbeat_once()
+        for coro in (self._work_loop(), self._heartbeat_loop(), self._evict_loop(), self._job_loop()):
+            self.tasks.append(asyncio.create_task(coro))
+        log.info("worker started", extra={"worker_id": self.id, "device": self.device,
+                                          "model": self.model.name})
+
+    def _load_model(self) -> Any:
+        from model.api import load_model
+
+        dev = None if self.s.device in ("", "auto") else self.s.device
+        return load_model(weights=self.s.weights or None, device=dev)
+
+    async def drain(self) -> None:
+        """SIGTERM: stop taking sessions/jobs, let clients finish (bounded), snapshot, leave the registry."""
+        if self.draining:
+            return
+        self.draining = True
+        log.info("draining", extra={"worker_id": self.id, "sessions": len(self.sessions)})
+        await self._heartbeat_once()
+        deadline = time.monotonic() + self.s.drain_timeout_s
+        while (self.sessions or self.running_jobs) and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+        await self.stop()
+
+    async def stop(self) -> None:
+        """Snapshot held sessions (so another worker can resume them) and stop."""
+        for t in self.tasks:
+            t.cancel()
+        for t in self.tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        for sid in list(self.sessions):
+            with contextlib.suppress(Exception):
+                await self._snapshot(sid)
+        self.sessions.clear()
+        with contextlib.suppress(Exception):
+            await self.b.remove_worker(self.id)
+        self.compute.shutdown(wait=False, cancel_futures=True)
+        self.job_pool.shutdown(wait=False, cancel_futures=True)
+        self.stopped.set()
+        log.info("worker stopped", extra={"worker_id": self.id})
+
+    # ------------------------------------------------------------------ heartbeat / eviction
+    def info(self) -> dict[str, Any]:
+        """What the api needs to place sessions: capacity, memory, model, draining."""
+        n = len(self.sessions)
+        return {
+            "id": self.id, "sessions": n, "max_sessions": self.s.max_sessions_per_worker,
+            "free": 0 if self.draining else max(0, self.s.max_sessions_per_worker - n),
+            "memory_bytes": obs.device_memory_bytes(), "device": self.device,
+            "model": getattr(self.model, "name", ""), "draining": self.draining,
+            "jobs_running": self.running_jobs, "started": self.started, "ts": time.time(),
+        }
+
+    async def _heartbeat_once(self) -> None:
+        info = self.info()
+        await self.b.heartbeat(self.id, info, ttl_s=3 * self.s.heartbeat_s)
+        obs.ACTIVE_SESSIONS.set(info["sessions"])
+        obs.DEVICE_MEMORY.set(info["memory_bytes"])
+        obs.QUEUE_DEPTH.set(await self.b.work_depth(self.id))
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            try:
+                await self._heartbeat_once()
+            except Exception:  # noqa: BLE001 - keep beating through transient Redis errors
+                obs.ERRORS.labels("heartbeat").inc()
+                log.exception("heartbeat failed", extra={"worker_id": self.id})
+            await asyncio.sleep(self.s.heartbeat_s)
+
+    async def _evict_loop(self) -> None:
+        while True:
+            await asyncio.sleep(min(1.0, self.s.session_ttl_s / 4))
+            now = time.monotonic()
+            for sid, hs in list(self.sessions.items()):
+                if now - hs.last_active > self.s.session_ttl_s:
+                    await self._forget(sid, reason="ttl")
+
+    async def _forget(self, sid: str, reason: str) -> None:
+        """Drop a session's tracker and all its stored data."""
+        self.sessions.pop(sid, None)
+        await self.b.delete_session(sid)
+        await self.b.drop_results(sid)
+        log.info("session ended", extra={"session_id": sid, "worker_id": self.id, "reason": reason})
+        await self._heartbeat_once()
+
+    # ------------------------------------------------------------------ work loop
+    async def _work_loop(self) -> None:
+        while True:
+            try:
+                msgs = await self.b.read_work(self.id, self.last_id, 1.0)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001
+                obs.ERRORS.labels("broker").inc()
+                log.exception("reading work failed", extra={"worker_id": self.id})
+                await asyncio.sleep(0.5)
+                continue
+            for eid, hraw, body in msgs:
+                self.last_id = eid
+                h, blobs = unpack(hraw, body)
+                await self._handle(h, blobs)
+            if msgs:
+                await self.b.trim_work(self.id, self.last_id)
+
+    async def _handle(self, h: dict[str, Any], blobs: list[bytes]) -> None:
+        op, sid, req = h.get("op"), h.get("sid", ""), h.get("req")
+        out: dict[str, Any] | None
+        try:
+            out = await getattr(self, f"_op_{op}")(h, blobs)
+            status = 200
+        except OpError as e:
+            out, status = {"type": "error", "status": e.status, "code": e.code, "detail": e.detail}, e.status
+        except InputError as e:
+            out, status = {"type": "error", "status": 400, "code": "bad_input", "detail": str(e)}, 400
+        except Exception as e:  # noqa: BLE001 - one bad op must not kill the worker
+            log.exception("op failed", extra={"session_id": sid, "op": op, "worker_id": self.id})
+            out, status = {"type": "error", "status": 500, "code": "internal", "detail": repr(e)}, 500
+        if status != 200:
+            obs.ERRORS.labels(out["code"]).inc()
+        if out is None:
+            return
+        out.setdefault("session_id", sid)
+        out["worker_id"] = self.id
+        if "seq" in h:
+            out["seq"] = h["seq"]
+        if req:
+            await self.b.reply(req, json.dumps(out).encode(), b"")
+        elif sid:
+            await self.b.publish_result(sid, json.dumps(out).encode(), b"")
+
+    async def _run(self, fn: Any, *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self.compute, fn, *args)
+
+    async def _held(self, sid: str) -> HeldSession:
+        """The session's tracker, restoring it from snapshot + replay when this worker does not hold it."""
+        hs = self.sessions.get(sid)
+        if hs is not None:
+            hs.last_active = time.monotonic()
+            return hs
+        meta = await self.b.get_session(sid)
+        snap = await self.b.get_snapshot(sid)
+        if meta is None or snap is None:
+            raise OpError(404, "unknown_session", f"unknown session {sid} (deleted or expired)")
+        hs = await self._restore(sid, snap)
+        return hs
+
+    async def _restore(self, sid: str, snap: bytes) -> HeldSession:
+        sh, sblobs = parse_frame_bytes(snap)
+        tracker = await self._run(self.model.restore_tracker, sblobs[0])
+        hs = HeldSession(tracker=tracker, last_seq=int(sh["seq"]))
+        last = await self.b.last_result(sid)
+        published = json.loads(last[1]).get("seq", 0) if last else 0
+        replayed = 0
+        for rec in await self.b.get_replay(sid):
+            rh, rblobs = parse_frame_bytes(rec)
+            if int(rh["seq"]) <= hs.last_seq:
+                continue
+            result = await self._run(self._step, hs, rblobs[0], rh.get("fmt", "png"))
+            hs.last_seq = int(rh["seq"])
+            hs.frames_since_snapshot += 1
+            replayed += 1
+            if hs.last_seq > published:
+                result.update(session_id=sid, worker_id=self.id, seq=hs.last_seq)
+                await self.b.publish_result(sid, json.dumps(result).encode(), b"")
+        self.sessions[sid] = hs
+        await self.b.update_session(sid, {"worker": self.id, "state": "active"}, self.s.session_ttl_s)
+        log.info("session restored", extra={"session_id": sid, "worker_id": self.id, "replayed": replayed})
+        return hs
+
+    async def _snapshot(self, sid: str) -> None:
+        hs = self.sessions[sid]
+        blob = await self._run(hs.tracker.export_state)
+        await self.b.put_snapshot(sid, frame_bytes({"seq": hs.last_seq}, blob), self.s.session_ttl_s)
+        hs.frames_since_snapshot = 0
+
+    async def _touch(self, sid: str, hs: HeldSession, **extra: str) -> None:
+        fields = {"last_active": f"{time.time():.3f}", "frames": str(hs.tracker.frame_index + 1),
+                  "objects": json.dumps(hs.tracker.object_ids), "last_seq": str(hs.last_seq), **extra}
+        await self.b.update_session(sid, fields, self.s.session_ttl_s)
+
+    # ------------------------------------------------------------------ compute (runs in the compute thread)
+    def _decode(self, image: bytes) -> np.ndarray:
+        from model.media import read_image
+
+        t = time.perf_counter()
+        frame = read_image(image)
+        if frame.shape[0] * frame.shape[1] > self.s.max_frame_pixels:
+            raise OpError(413, "frame_too_large", f"frame has {frame.shape[1]}x{frame.shape[0]} pixels, "
+                          f"more than LWL_MAX_FRAME_PIXELS={self.s.max_frame_pixels}")
+        obs.LATENCY.labels("decode").observe(time.perf_counter() - t)
+        return frame
+
+    def _finish(self, call: Any, fmt: str) -> dict[str, Any]:
+        t = time.perf_counter()
+        res = call()
+        t_model = time.perf_counter() - t
+        obs.LATENCY.labels("model").observe(t_model)
+        t = time.perf_counter()
+        out = encode_result(res, fmt, t_model * 1000)
+        obs.LATENCY.labels("encode").observe(time.perf_counter() - t)
+        return out
+
+    def _step(self, hs: HeldSession, image: bytes, fmt: str) -> dict[str, Any]:
+        frame = self._decode(image)
+        out = self._finish(lambda: hs.tracker.step(frame), fmt)
+        obs.FRAMES.inc()
+        return out
+
+    @staticmethod
+    def _objects_args(h: dict[str, Any], blobs: list[bytes]) -> tuple[np.ndarray | None, dict | None]:
+        from model.media import read_label_png
+
+        mask = read_label_png(blobs[1]) if len(blobs) > 1 and blobs[1] else None
+        boxes = {int(k): tuple(v) for k, v in h["boxes"].items()} if h.get("boxes") else None
+        return mask, boxes
+
+    # ------------------------------------------------------------------ ops
+    async def _op_create(self, h: dict[str, Any], blobs: list[bytes]) -> dict[str, Any]:
+        sid = h["sid"]
+        if self.draining or len(self.sessions) >= self.s.max_sessions_per_worker:
+            raise OpError(503, "worker_full", f"worker {self.id} has no free session slot")
+        if h.get("model") and h["model"] != self.model.name:
+            raise OpError(400, "unknown_model", f"model {h['model']!r} is not served here "
+                          f"(this worker serves {self.model.name!r})")
+        crop = parse_crop(h.get("crop_size")) or self.s.crop_tuple()
+        fmt = h.get("fmt", "png")
+
+        def create() -> tuple[Any, dict[str, Any]]:
+            frame = self._decode(blobs[0])
+            mask, boxes = self._objects_args(h, blobs)
+            tracker = self.model.new_tracker(crop_size=crop)
+            out = self._finish(lambda: tracker.step(frame, mask=mask, boxes=boxes), fmt)
+            obs.FRAMES.inc()
+            return tracker, out
+
+        tracker, out = await self._run(create)
+        hs = HeldSession(tracker=tracker, last_seq=0)
+        self.sessions[sid] = hs
+        await self._snapshot(sid)
+        await self._touch(sid, hs, worker=self.id, state="active")
+        log.info("session created", extra={"session_id": sid, "worker_id": self.id})
+        await self._heartbeat_once()
+        return out
+
+    async def _op_frame(self, h: dict[str, Any], blobs: list[bytes]) -> dict[str, Any] | None:
+        sid, seq, fmt = h["sid"], int(h["seq"]), h.get("fmt", "png")
+        hs = await self._held(sid)
+        if seq <= hs.last_seq:
+            return None  # already applied (resent after a failover); its result was published
+        out = await self._run(self._step, hs, blobs[0], fmt)
+        hs.last_seq = seq
+        hs.frames_since_snapshot += 1
+        await self.b.append_replay(sid, frame_bytes({"seq": seq, "fmt": fmt}, blobs[0]), self.s.session_ttl_s)
+        if hs.frames_since_snapshot >= self.s.snapshot_every:
+            await self._snapshot(sid)
+        await self._touch(sid, hs)
+        return out
+
+    async def _control(self, h: dict[str, Any], call: Any) -> dict[str, Any]:
+        sid = h["sid"]
+        hs = await self._held(sid)
+        out = await self._run(self._finish, lambda: call(hs.tracker), h.get("fmt", "png"))
+        await self._snapshot(sid)
+        await self._touch(sid, hs)
+        return out
+
+    async def _op_add(self, h: dict[str, Any], blobs: list[bytes]) -> dict[str, Any]:
+        mask, boxes = self._objects_args(h, [b""] + blobs)
+        return await self._control(h, lambda tr: tr.add_objects(mask=mask, boxes=boxes))
+
+    async def _op_correct(self, h: dict[str, Any], blobs: list[bytes]) -> dict[str, Any]:
+        from model.media import read_label_png
+
+        mask = read_label_png(blobs[0])
+        return await self._control(h, lambda tr: tr.correct(mask))
+
+    async def _op_remove(self, h: dict[str, Any], blobs: list[bytes]) -> dict[str, Any]:
+        oid = int(h["object_id"])
+        sid = h["sid"]
+        hs = await self._held(sid)
+        await self._run(hs.tracker.remove_object, oid)
+        await self._snapshot(sid)
+        await self._touch(sid, hs)
+        return {"type": "removed", "object_id": oid, "objects": hs.tracker.object_ids}
+
+    async def _op_delete(self, h: dict[str, Any], blobs: list[bytes]) -> dict[str, Any]:
+        await self._forget(h["sid"], reason="deleted")
+        return {"type": "deleted"}
+
+    async def _op_ping(self, h: dict[str, Any], blobs: list[bytes]) -> dict[str, Any]:
+        return {"type": "pong"}
+
+    # ------------------------------------------------------------------ video jobs
+    async def _job_loop(self) -> None:
+        while True:
+            if self.draining:
+                await asyncio.sleep(0.5)
+                continue
+            try:
+                got = await self.b.take_job(self.id, 1.0)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001
+                obs.ERRORS.labels("broker").inc()
+                await asyncio.sleep(0.5)
+                continue
+            if got is None:
+                continue
+            entry, jid = got
+            self.running_jobs += 1
+            try:
+                await self._run_job(jid)
+            finally:
+                self.running_jobs -= 1
+                await self.b.ack_job(entry)
+
+    async def _run_job(self, jid: str) -> None:
+        rec = await self.b.get_job(jid)
+        if rec is None:
+            return
+        loop = asyncio.get_running_loop()
+        await self.b.update_job(jid, {"state": "running", "worker": self.id, "updated": f"{time.time():.3f}"})
+        log.info("job started", extra={"job_id": jid, "worker_id": self.id})
+
+        def progress(done: int) -> None:
+            total = int(rec.get("frames_total") or 0)
+            fields = {"frames_done": str(done), "updated": f"{time.time():.3f}"}
+            if total:
+                fields["progress"] = f"{min(1.0, done / total):.4f}"
+            asyncio.run_coroutine_threadsafe(self.b.update_job(jid, fields), loop).result()
+
+        try:
+            n = await loop.run_in_executor(self.job_pool, self._job_body, jid, rec, progress)
+            await self.b.update_job(jid, {"state": "done", "progress": "1", "frames_done": str(n),
+                                          "frames_total": str(n), "updated": f"{time.time():.3f}"})
+            log.info("job done", extra={"job_id": jid, "worker_id": self.id, "frames": n})
+        except InputError as e:
+            await self.b.update_job(jid, {"state": "failed", "error": str(e),
+                                          "updated": f"{time.time():.3f}"})
+            obs.ERRORS.labels("job_input").inc()
+        except Exception as e:  # noqa: BLE001
+            log.exception("job failed", extra={"job_id": jid, "worker_id": self.id})
+            await self.b.update_job(jid, {"state": "failed", "error": f"internal error: {e!r}",
+                                          "updated": f"{time.time():.3f}"})
+            obs.ERRORS.labels("job_internal").inc()
+
+    def _job_body(self, jid: str, rec: dict[str, str], progress: Any) -> int:
+        from model.media import encode_label_png, iter_video_frames, read_label_png
+        from service.overlay import OverlayWriter
+
+        d = Path(self.s.results_dir) / "jobs" / jid
+        init = int(rec.get("init_frame") or 0)
+        mask = read_label_png((d / "mask.png").read_bytes()) if (d / "mask.png").exists() else None
+        boxes = {int(k): tuple(v) for k, v in json.loads(rec.get("boxes") or "{}").items()} or None
+        crop = parse_crop(rec.get("crop_size")) or self.s.crop_tuple()
+        tracker = self.model.new_tracker(crop_size=crop)
+        fps = float(rec.get("fps") or 25.0)
+        overlay = OverlayWriter(d / "overlay.mp4.part", fps=fps)
+        frames_rle: list[dict[str, Any]] = []
+        n = 0
+        with zipfile.ZipFile(d / "masks.zip.part", "w", zipfile.ZIP_STORED) as zf:
+            for i, frame in enumerate(iter_video_frames(d / rec["input"])):
+                t0 = time.perf_counter()
+                if i < init:
+                    labels = np.zeros(frame.shape[:2], np.uint8)
+                    objects: list[dict[str, Any]] = []
+                else:
+                    res = tracker.step(frame, mask=mask, boxes=boxes) if i == init else tracker.step(frame)
+                    obs.LATENCY.labels("model").observe(time.perf_counter() - t0)
+                    obs.FRAMES.inc()
+                    labels = res.labels
+                    objects = [{"id": int(oid), "score": float(o.score), "area": int(o.area),
+                                "box": [float(v) for v in o.box] if o.box is not None else None,
+                                "segmentation": rle_encode(labels == oid)} for oid, o in res.objects.items()]
+                zf.writestr(f"{i:05d}.png", encode_label_png(labels))
+                frames_rle.append({"frame_index": i, "objects": objects})
+                overlay.write(frame, labels)
+                n = i + 1
+                if n % 5 == 0:
+                    progress(n)
+        overlay.close()
+        if n <= init:
+            raise InputError(f"init_frame {init} is beyond the video's {n} frames")
+        (d / "rle.json").write_text(json.dumps({"job_id": jid, "frames": frames_rle}))
+        (d / "masks.zip.part").rename(d / "masks.zip")
+        (d / "overlay.mp4.part").rename(d / "overlay.mp4")
+        return n
+
+
+# ============================================================================ worker HTTP endpoint
+
+
+def serve_worker_http(worker: Worker, port: int) -> ThreadingHTTPServer:
+    """/metrics and /healthz on LWL_WORKER_METRICS_PORT (a daemon thread; Prometheus scrapes it)."""
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server API
+            if self.path.startswith("/metrics"):
+                body, ctype, code = generate_latest(), CONTENT_TYPE_LATEST, 200
+            elif self.path.startswith("/healthz"):
+                ok = not worker.stopped.is_set()
+                body = json.dumps({"status": "ok" if ok else "stopped", **worker.info()}).encode()
+                ctype, code = "application/json", 200 if ok else 503
+            else:
+                body, ctype, code = b'{"detail":"not found"}', "application/json", 404
+            self.send_response(code)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            return None
+
+    srv = ThreadingHTTPServer(("0.0.0.0", port), Handler)
+    threading.Thread(target=srv.serve_forever, daemon=True, name="lwl-worker-http").start()
+    return srv
+
+
+__all__ = ["Worker", "OpError", "encode_result", "serve_worker_http", "pack"]
