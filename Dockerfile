@@ -63,7 +63,8 @@ RUN --mount=type=cache,target=/root/.cache/uv \
     fi; \
     uv pip install --index-url "${index}" "torch==${TORCH_VERSION}" "torchvision==${TORCHVISION_VERSION}"
 WORKDIR /src
-COPY pyproject.toml README.md ./
+# README.md* : optional (setuptools only warns without it); the wildcard keeps COPY from failing.
+COPY pyproject.toml README.md* ./
 RUN --mount=type=cache,target=/root/.cache/uv \
     uv pip install -r pyproject.toml
 COPY model/ model/
