@@ -31,6 +31,7 @@ class Store:
     async def get_session(self, sid: str) -> dict[str, str] | None: ...
     async def update_session(self, sid: str, fields: dict[str, str], ttl_s: float | None = None) -> bool: ...
     async def delete_session(self, sid: str) -> None: ...
+    async def next_seq(self, sid: str) -> int: ...
     async def session_ids(self) -> list[str]: ...
     async def put_snapshot(self, sid: str, blob: bytes, ttl_s: float) -> None: ...
     async def get_snapshot(self, sid: str) -> bytes | None: ...
@@ -113,6 +114,10 @@ class RedisBackend(Store, Broker):
                 p.expire(self.k("replay", sid), int(ttl_s) + 1)
             await p.execute()
         return True
+
+    async def next_seq(self, sid: str) -> int:
+        """Session-wide frame sequence number (atomic across api replicas)."""
+        return int(await self.r.hincrby(self.k("session", sid), "seq_next", 1))
 
     async def delete_session(self, sid: str) -> None:
         await self.r.delete(self.k("session", sid), self.k("snapshot", sid), self.k("replay", sid),
@@ -343,6 +348,11 @@ class MemoryBackend(Store, Broker):
         if ttl_s:
             self.expiry[sid] = time.monotonic() + ttl_s + 1
         return True
+
+    async def next_seq(self, sid: str) -> int:
+        meta = self.sessions[sid]
+        meta["seq_next"] = str(int(meta.get("seq_next", "0")) + 1)
+        return int(meta["seq_next"])
 
     async def delete_session(self, sid: str) -> None:
         for d in (self.sessions, self.expiry, self.snapshots, self.replays, self.results):

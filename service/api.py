@@ -1,0 +1,780 @@
+"""The api: FastAPI, stateless, runs no model code. Validates input, places sessions on workers,
+relays frames and results in order, serves video jobs. All state lives in the store/broker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+import hmac
+import io
+import json
+import logging
+import secrets
+import shutil
+import time
+import uuid
+from collections import OrderedDict
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import FastAPI, File, Form, Header, Query, Request, UploadFile, WebSocket, WebSocketDisconnect
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import FileResponse, JSONResponse, Response
+from PIL import Image
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from model.errors import InputError
+from service import obs
+from service.backends import MemoryBackend, RedisBackend
+from service.codec import pack
+from service.schemas import ErrorBody, FrameResultOut, JobCreated, JobStatus, SessionCreated, SessionInfo
+from service.settings import Settings, parse_crop
+
+log = logging.getLogger("lwl.api")
+
+ERRORS = {400: {"model": ErrorBody}, 401: {"model": ErrorBody}, 403: {"model": ErrorBody},
+          404: {"model": ErrorBody}, 413: {"model": ErrorBody}, 503: {"model": ErrorBody}}
+
+
+class ApiError(Exception):
+    """A request that fails with a status, a machine code and a sentence."""
+
+    def __init__(self, status: int, code: str, detail: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(detail)
+        self.status, self.code, self.detail, self.headers = status, code, detail, headers
+
+
+# ============================================================================ input checks (no model code)
+
+
+def _hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def check_image(data: bytes, max_pixels: int, what: str = "image") -> tuple[int, int]:
+    """Header-level check of an uploaded frame: decodable format, pixel limit. Returns (H, W)."""
+    if not data:
+        raise ApiError(400, "bad_image", f"{what} is empty")
+    try:
+        im = Image.open(io.BytesIO(data))
+        w, h = im.size
+        im.verify()
+    except Exception as exc:  # noqa: BLE001 - any decoder failure is the client's bad file
+        raise ApiError(400, "bad_image", f"{what} cannot be decoded: {exc}") from None
+    if w * h > max_pixels:
+        raise ApiError(413, "frame_too_large",
+                       f"{what} is {w}x{h} = {w * h} pixels, more than LWL_MAX_FRAME_PIXELS={max_pixels}")
+    return h, w
+
+
+def check_objects(hw: tuple[int, int], mask: bytes | None, boxes: dict[int, list[float]] | None) -> list[int]:
+    """Mask/box checks against the frame size; returns the object ids they define."""
+    from model.media import read_label_png  # numpy + Pillow only
+
+    if mask is None and not boxes:
+        raise ApiError(400, "no_objects", "give a mask (indexed PNG) or boxes for at least one object")
+    ids: list[int] = []
+    if mask is not None:
+        try:
+            lab = read_label_png(mask)
+        except InputError as exc:
+            raise ApiError(400, "bad_mask", str(exc)) from None
+        if lab.shape != hw:
+            raise ApiError(400, "mask_size_mismatch", f"mask size {lab.shape[1]}x{lab.shape[0]} differs from "
+                           f"the frame size {hw[1]}x{hw[0]}")
+        present = [int(v) for v in sorted(set(lab.reshape(-1).tolist())) if v not in (0, 255)]
+        if not present:
+            raise ApiError(400, "empty_mask", "mask is empty: it has no object pixels")
+        ids += present
+    for oid, box in (boxes or {}).items():
+        if not (1 <= oid <= 254):
+            raise ApiError(400, "bad_object_id", f"object id {oid} must be between 1 and 254")
+        x, y, w, h = box
+        if w <= 0 or h <= 0 or x < 0 or y < 0 or x + w > hw[1] or y + h > hw[0]:
+            raise ApiError(400, "box_outside_frame", f"box {box} of object {oid} is not inside the "
+                           f"{hw[1]}x{hw[0]} frame (x, y, w, h with w, h > 0)")
+        if oid in ids:
+            raise ApiError(400, "duplicate_object", f"object {oid} is given both in the mask and as a box")
+        ids.append(oid)
+    return ids
+
+
+def parse_boxes(text: str | None) -> dict[int, list[float]] | None:
+    """Boxes as JSON: {"1": [x, y, w, h], ...} or [{"id": 1, "box": [x, y, w, h]}, ...]."""
+    if not text:
+        return None
+    try:
+        raw = json.loads(text)
+        items = raw.items() if isinstance(raw, dict) else ((d["id"], d["box"]) for d in raw)
+        out = {int(k): [float(v) for v in b] for k, b in items}
+        if any(len(b) != 4 for b in out.values()):
+            raise ValueError("each box needs 4 numbers")
+        return out
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise ApiError(400, "bad_boxes", 'boxes must be JSON like {"1": [x, y, w, h]} or '
+                       f'[{{"id": 1, "box": [x, y, w, h]}}]: {exc}') from None
+
+
+# ============================================================================ app
+
+
+class Service:
+    """Shared logic of the REST and WebSocket handlers (one per app)."""
+
+    def __init__(self, settings: Settings, backend: RedisBackend | MemoryBackend) -> None:
+        self.s = settings
+        self.b = backend
+
+    # ---------------------------------------------------------------- sessions and workers
+    async def auth(self, sid: str, token: str | None) -> dict[str, str]:
+        meta = await self.b.get_session(sid)
+        if meta is None:
+            raise ApiError(404, "unknown_session",
+                           f"unknown session {sid} (never created, deleted or expired)")
+        if not token:
+            raise ApiError(401, "missing_token", "session token missing: send Authorization: Bearer <token>, "
+                           "X-Session-Token or ?token=")
+        if not hmac.compare_digest(_hash(token), meta.get("token_sha256", "")):
+            raise ApiError(403, "wrong_token", "wrong session token")
+        return meta
+
+    async def candidates(self, model: str | None = None) -> list[dict[str, Any]]:
+        """Live workers with room, most free capacity first."""
+        ws = [w for w in await self.b.live_workers() if w.get("free", 0) > 0 and not w.get("draining")]
+        if model:
+            ws = [w for w in ws if w.get("model") == model]
+        return sorted(ws, key=lambda w: (-w["free"], w.get("memory_bytes", 0)))
+
+    def no_capacity(self) -> ApiError:
+        return ApiError(503, "no_capacity", "no worker has room for a new session; retry later",
+                        headers={"Retry-After": str(max(1, int(self.s.heartbeat_s * 2)))})
+
+    async def owner(self, sid: str, meta: dict[str, str]) -> str:
+        """The session's worker; if it died, move the session to a live worker (which restores it)."""
+        live = {w["id"]: w for w in await self.b.live_workers()}
+        wid = meta.get("worker", "")
+        if wid in live:
+            return wid
+        cands = await self.candidates()
+        if not cands:
+            cands = [w for w in live.values() if not w.get("draining")]
+        if not cands:
+            raise ApiError(503, "no_worker", "the session's worker is gone and no other worker is live",
+                           headers={"Retry-After": str(max(1, int(self.s.heartbeat_s * 2)))})
+        new = cands[0]["id"]
+        await self.b.update_session(sid, {"worker": new})
+        log.info("session moved", extra={"session_id": sid, "from": wid, "to": new})
+        return new
+
+    async def rpc(self, wid: str, header: dict[str, Any], *blobs: bytes,
+                  timeout: float | None = None) -> dict:
+        """Send one op to a worker and wait for its reply; worker errors become ApiError."""
+        req = uuid.uuid4().hex
+        h, body = pack({**header, "req": req}, *blobs)
+        await self.b.send_work(wid, h, body)
+        timeout = timeout or self.s.request_timeout_s
+        deadline = time.monotonic() + timeout
+        while True:
+            got = await self.b.wait_reply(req, min(2.0, max(0.1, deadline - time.monotonic())))
+            if got is not None:
+                break
+            if time.monotonic() >= deadline:
+                raise ApiError(504, "worker_timeout", f"worker {wid} did not answer within {timeout:.0f} s")
+            if wid not in {w["id"] for w in await self.b.live_workers()}:
+                raise ApiError(503, "worker_lost", f"worker {wid} stopped while handling the request; retry",
+                               headers={"Retry-After": "1"})
+        out = json.loads(got[0])
+        if out.get("type") == "error":
+            raise ApiError(out["status"], out["code"], out["detail"])
+        return out
+
+    async def session_rpc(self, sid: str, meta: dict[str, str], header: dict[str, Any],
+                          *blobs: bytes) -> dict:
+        """rpc to the session's owner, moving the session once if the owner died meanwhile."""
+        header = {**header, "sid": sid}
+        for attempt in range(2):
+            wid = await self.owner(sid, meta)
+            try:
+                return await self.rpc(wid, header, *blobs)
+            except ApiError as e:
+                if e.code != "worker_lost" or attempt:
+                    raise
+                meta = await self.b.get_session(sid) or meta
+        raise AssertionError("unreachable")
+
+    def ws_url(self, request: Request, sid: str, token: str) -> str:
+        base = self.s.public_url.rstrip("/") if self.s.public_url else str(request.base_url).rstrip("/")
+        base = "ws" + base[4:] if base.startswith("http") else base
+        return f"{base}/v1/sessions/{sid}/stream?token={token}"
+
+    def jobs_dir(self) -> Path:
+        d = Path(self.s.results_dir) / "jobs"
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+
+
+async def read_upload(f: UploadFile | None, limit: int, what: str) -> bytes | None:
+    """Read an uploaded part, refusing more than `limit` bytes with 413."""
+    if f is None:
+        return None
+    data = await f.read(limit + 1)
+    if len(data) > limit:
+        raise ApiError(413, "upload_too_large",
+                       f"{what} is larger than LWL_MAX_UPLOAD_MB={limit / 2**20:g} MB")
+    return data
+
+
+def _token(authorization: str | None, x_session_token: str | None, token: str | None) -> str | None:
+    if authorization and authorization.lower().startswith("bearer "):
+        return authorization[7:].strip()
+    return x_session_token or token
+
+
+def session_info(meta: dict[str, str], ttl: float) -> SessionInfo:
+    return SessionInfo(
+        session_id=meta["id"], state=meta.get("state", ""), worker_id=meta.get("worker", ""),
+        objects=json.loads(meta.get("objects", "[]")), frames=int(meta.get("frames", "0")),
+        created=float(meta.get("created", "0")), last_active=float(meta.get("last_active", "0")),
+        ttl_s=ttl, crop_size=meta.get("crop_size", ""), model=meta.get("model", ""),
+    )
+
+
+def create_app(settings: Settings, backend: RedisBackend | MemoryBackend, worker: Any = None) -> FastAPI:
+    """The FastAPI app. With `worker` (lwl serve) the in-process worker starts and stops with the app."""
+    svc = Service(settings, backend)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):  # noqa: ANN202 - FastAPI lifespan protocol
+        if worker is not None:
+            await worker.start()
+        yield
+        if worker is not None:
+            await worker.stop()
+        await backend.close()
+
+    app = FastAPI(title="lwl-vos", version="0.1.0", lifespan=lifespan,
+                  description="Video object segmentation (LWL): live sessions over REST/WebSocket, "
+                  "video jobs. "
+                  "See docs/API.md for the WebSocket protocol.")
+    app.state.service = svc
+    app.state.worker = worker
+    if settings.cors_list:
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_list, allow_methods=["*"],
+                           allow_headers=["*"])
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+        obs.ERRORS.labels(exc.code).inc()
+        return JSONResponse({"code": exc.code, "detail": exc.detail}, exc.status, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        obs.ERRORS.labels("validation").inc()
+        parts = [f"{'.'.join(str(x) for x in e.get('loc', []))}: {e.get('msg')}" for e in exc.errors()]
+        return JSONResponse({"code": "invalid_request", "detail": "; ".join(parts)}, 422)
+
+    @app.middleware("http")
+    async def _limit_body(request: Request, call_next: Any) -> Response:
+        cl = request.headers.get("content-length")
+        if cl and cl.isdigit() and int(cl) > settings.max_upload_bytes + 1024 * 1024:
+            obs.ERRORS.labels("upload_too_large").inc()
+            return JSONResponse({"code": "upload_too_large", "detail": f"request body of {int(cl)} bytes "
+                                 f"is larger than LWL_MAX_UPLOAD_MB={settings.max_upload_mb:g} MB"}, 413)
+        return await call_next(request)
+
+    Tok = dict(authorization=Header(None, include_in_schema=True), x_session_token=Header(None),
+               token=Query(None, description="session token (alternative to the headers)"))
+
+    # ---------------------------------------------------------------- health
+    @app.get("/healthz", tags=["ops"])
+    async def healthz() -> dict[str, str]:
+        """Liveness: the process answers."""
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["ops"], responses={503: {"model": ErrorBody}})
+    async def readyz() -> JSONResponse:
+        """Readiness: the store answers and at least one worker is live."""
+        if not await backend.ping():
+            return JSONResponse({"code": "store_down", "detail": "store (Redis) does not answer"}, 503)
+        workers = await backend.live_workers()
+        if not workers:
+            return JSONResponse({"code": "no_worker", "detail": "no live worker"}, 503)
+        return JSONResponse({"status": "ready", "workers": len(workers)})
+
+    @app.get("/metrics", tags=["ops"])
+    async def metrics() -> Response:
+        """Prometheus metrics."""
+        counts = {"queued": 0, "running": 0, "done": 0, "failed": 0}
+        for jid in await backend.job_ids():
+            rec = await backend.get_job(jid)
+            if rec and rec.get("state") in counts:
+                counts[rec["state"]] += 1
+        for k, v in counts.items():
+            obs.JOBS.labels(k).set(v)
+        if worker is None:
+            obs.ACTIVE_SESSIONS.set(len(await backend.session_ids()))
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/v1/workers", tags=["ops"])
+    async def workers() -> list[dict[str, Any]]:
+        """Live workers and their last heartbeat (capacity, memory, model)."""
+        return await backend.live_workers()
+
+    # ---------------------------------------------------------------- sessions
+    @app.post("/v1/sessions", tags=["sessions"], status_code=201, response_model=SessionCreated,
+              responses=ERRORS)
+    async def create_session(
+        request: Request,
+        image: Annotated[UploadFile, File(description="initial frame, JPEG or PNG")],
+        mask: Annotated[UploadFile | None, File(description="indexed PNG label map (0 = background)")] = None,
+        boxes: Annotated[str | None, Form(description='JSON {"1": [x, y, w, h]}')] = None,
+        crop_size: Annotated[str | None, Form(description="e.g. 240x432; default: model's")] = None,
+        model: Annotated[str | None, Form(description="model name (must match a worker's model)")] = None,
+        format: Annotated[str, Form(description="mask format of results: png or rle")] = "png",  # noqa: A002
+    ) -> dict[str, Any]:
+        """Create a session from an initial frame and a mask or boxes per object."""
+        limit = settings.max_upload_bytes
+        img = await read_upload(image, limit, "image")
+        mdata = await read_upload(mask, limit, "mask")
+        if mask is not None and not mdata:
+            raise ApiError(400, "bad_mask", "mask file is empty")
+        if format not in ("png", "rle"):
+            raise ApiError(400, "bad_format", "format must be png or rle")
+        try:
+            parse_crop(crop_size)
+        except ValueError as exc:
+            raise ApiError(400, "bad_crop_size", str(exc)) from None
+        hw = check_image(img or b"", settings.max_frame_pixels)
+        bx = parse_boxes(boxes)
+        check_objects(hw, mdata, bx)
+        sid = uuid.uuid4().hex
+        token = secrets.token_urlsafe(24)
+        now = f"{time.time():.3f}"
+        header = {"op": "create", "sid": sid, "crop_size": crop_size or "", "model": model or "",
+                  "fmt": format, "boxes": {str(k): v for k, v in (bx or {}).items()}}
+        tried: set[str] = set()
+        while True:
+            cands = [w for w in await svc.candidates(model) if w["id"] not in tried]
+            if not cands:
+                live = await backend.live_workers()
+                if model and not tried and live and all(w.get("model") != model for w in live):
+                    raise ApiError(400, "unknown_model", f"no live worker serves model {model!r}")
+                raise svc.no_capacity()
+            wid = cands[0]["id"]
+            tried.add(wid)
+            await backend.put_session(sid, {
+                "id": sid, "token_sha256": _hash(token), "worker": wid, "state": "creating", "created": now,
+                "last_active": now, "frames": "0", "objects": "[]", "crop_size": crop_size or "",
+                "model": model or cands[0].get("model", ""), "format": format, "seq_next": "0",
+                "ttl_s": str(settings.session_ttl_s),
+            }, settings.session_ttl_s)
+            try:
+                out = await svc.rpc(wid, header, img or b"", mdata or b"")
+                break
+            except ApiError as e:
+                await backend.delete_session(sid)
+                if e.code in ("worker_full", "worker_lost"):
+                    continue
+                raise
+        log.info("session created", extra={"session_id": sid, "worker_id": wid})
+        return {"session_id": sid, "token": token, "ws_url": svc.ws_url(request, sid, token),
+                "worker_id": wid,
+                "objects": out["objects"], "result": out}
+
+    @app.get("/v1/sessions/{sid}", tags=["sessions"], response_model=SessionInfo, responses=ERRORS)
+    async def get_session(sid: str, authorization: str | None = Tok["authorization"],
+                          x_session_token: str | None = Tok["x_session_token"],
+                          token: str | None = Tok["token"]) -> SessionInfo:
+        """Session metadata."""
+        meta = await svc.auth(sid, _token(authorization, x_session_token, token))
+        return session_info(meta, settings.session_ttl_s)
+
+    @app.delete("/v1/sessions/{sid}", tags=["sessions"], status_code=204, responses=ERRORS)
+    async def delete_session(sid: str, authorization: str | None = Tok["authorization"],
+                             x_session_token: str | None = Tok["x_session_token"],
+                             token: str | None = Tok["token"]) -> Response:
+        """Delete a session: the worker frees its tracker, the store forgets it."""
+        meta = await svc.auth(sid, _token(authorization, x_session_token, token))
+        live = {w["id"] for w in await backend.live_workers()}
+        if meta.get("worker") in live:
+            with contextlib.suppress(ApiError):
+                await svc.rpc(meta["worker"], {"op": "delete", "sid": sid}, timeout=30)
+        await backend.delete_session(sid)
+        await backend.drop_results(sid)
+        return Response(status_code=204)
+
+    @app.post("/v1/sessions/{sid}/frames", tags=["sessions"], response_model=FrameResultOut, responses=ERRORS)
+    async def segment_frame(sid: str, image: Annotated[UploadFile, File(description="next frame")],
+                            format: Annotated[str | None, Form()] = None,  # noqa: A002
+                            authorization: str | None = Tok["authorization"],
+                            x_session_token: str | None = Tok["x_session_token"],
+                            token: str | None = Tok["token"]) -> dict[str, Any]:
+        """Segment the next frame of the session over plain HTTP."""
+        meta = await svc.auth(sid, _token(authorization, x_session_token, token))
+        img = await read_upload(image, settings.max_upload_bytes, "image")
+        check_image(img or b"", settings.max_frame_pixels)
+        fmt = format or meta.get("format", "png")
+        seq = await backend.next_seq(sid)
+        return await svc.session_rpc(sid, meta, {"op": "frame", "seq": seq, "fmt": fmt}, img or b"")
+
+    @app.post("/v1/sessions/{sid}/objects", tags=["sessions"], response_model=FrameResultOut,
+              responses=ERRORS)
+    async def add_objects(sid: str, mask: Annotated[UploadFile | None, File()] = None,
+                          boxes: Annotated[str | None, Form()] = None,
+                          authorization: str | None = Tok["authorization"],
+                          x_session_token: str | None = Tok["x_session_token"],
+                          token: str | None = Tok["token"]) -> dict[str, Any]:
+        """Add objects (mask with new ids, or boxes) on the session's current frame."""
+        meta = await svc.auth(sid, _token(authorization, x_session_token, token))
+        mdata = await read_upload(mask, settings.max_upload_bytes, "mask")
+        bx = parse_boxes(boxes)
+        if not mdata and not bx:
+            raise ApiError(400, "no_objects", "give a mask with new object ids or boxes")
+        return await svc.session_rpc(sid, meta, {"op": "add", "fmt": meta.get("format", "png"),
+                                                 "boxes": {str(k): v for k, v in (bx or {}).items()}},
+                                     mdata or b"")
+
+    @app.post("/v1/sessions/{sid}/corrections", tags=["sessions"], response_model=FrameResultOut,
+              responses=ERRORS)
+    async def correct(sid: str, mask: Annotated[UploadFile, File(description="corrected label map")],
+                      authorization: str | None = Tok["authorization"],
+                      x_session_token: str | None = Tok["x_session_token"],
+                      token: str | None = Tok["token"]) -> dict[str, Any]:
+        """Correct the masks of tracked objects on the current frame (they become permanent samples)."""
+        meta = await svc.auth(sid, _token(authorization, x_session_token, token))
+        mdata = await read_upload(mask, settings.max_upload_bytes, "mask")
+        if not mdata:
+            raise ApiError(400, "bad_mask", "mask file is empty")
+        return await svc.session_rpc(sid, meta, {"op": "correct", "fmt": meta.get("format", "png")}, mdata)
+
+    @app.delete("/v1/sessions/{sid}/objects/{object_id}", tags=["sessions"], responses=ERRORS)
+    async def remove_object(sid: str, object_id: int, authorization: str | None = Tok["authorization"],
+                            x_session_token: str | None = Tok["x_session_token"],
+                            token: str | None = Tok["token"]) -> dict[str, Any]:
+        """Stop tracking one object."""
+        meta = await svc.auth(sid, _token(authorization, x_session_token, token))
+        return await svc.session_rpc(sid, meta, {"op": "remove", "object_id": object_id})
+
+    # ---------------------------------------------------------------- video jobs
+    @app.post("/v1/jobs", tags=["jobs"], status_code=202, response_model=JobCreated, responses=ERRORS)
+    async def create_job(
+        request: Request,
+        video: Annotated[UploadFile, File(description="video file (any container/codec FFmpeg decodes)")],
+        mask: Annotated[UploadFile | None, File(description="indexed PNG for init_frame")] = None,
+        boxes: Annotated[str | None, Form(description='JSON {"1": [x, y, w, h]}')] = None,
+        init_frame: Annotated[int, Form(ge=0, description="frame the mask/boxes belong to")] = 0,
+        crop_size: Annotated[str | None, Form()] = None,
+    ) -> dict[str, Any]:
+        """Submit a whole video: 202 and a job id; poll GET /v1/jobs/{id}."""
+        try:
+            parse_crop(crop_size)
+        except ValueError as exc:
+            raise ApiError(400, "bad_crop_size", str(exc)) from None
+        jid = uuid.uuid4().hex
+        d = svc.jobs_dir() / jid
+        d.mkdir(parents=True)
+        try:
+            limit = settings.max_upload_bytes
+            size = 0
+            with open(d / "input.video", "wb") as f:
+                while chunk := await video.read(1 << 20):
+                    size += len(chunk)
+                    if size > limit:
+                        mb = settings.max_upload_mb
+                        raise ApiError(413, "upload_too_large",
+                                       f"video is larger than LWL_MAX_UPLOAD_MB={mb:g} MB")
+                    f.write(chunk)
+            mdata = await read_upload(mask, limit, "mask")
+            bx = parse_boxes(boxes)
+            count, hw, fps = await asyncio.to_thread(_probe_video, d / "input.video", init_frame)
+            if hw[0] * hw[1] > settings.max_frame_pixels:
+                raise ApiError(413, "frame_too_large", f"video frames are {hw[1]}x{hw[0]}, more than "
+                               f"LWL_MAX_FRAME_PIXELS={settings.max_frame_pixels}")
+            if init_frame >= count:
+                raise ApiError(400, "bad_init_frame",
+                               f"init_frame {init_frame} is beyond the video's {count} frames")
+            check_objects(hw, mdata or None, bx)
+            if mdata:
+                (d / "mask.png").write_bytes(mdata)
+        except BaseException:
+            shutil.rmtree(d, ignore_errors=True)
+            raise
+        now = f"{time.time():.3f}"
+        await backend.put_job(jid, {
+            "id": jid, "state": "queued", "progress": "0", "frames_done": "0", "frames_total": str(count),
+            "init_frame": str(init_frame), "boxes": json.dumps({str(k): v for k, v in (bx or {}).items()}),
+            "crop_size": crop_size or "", "input": "input.video", "fps": f"{fps:.4f}", "created": now,
+            "updated": now, "filename": video.filename or "",
+        })
+        await backend.submit_job(jid)
+        log.info("job submitted", extra={"job_id": jid, "frames": count})
+        return {"job_id": jid, "state": "queued", "status_url": str(request.url_for("job_status", jid=jid))}
+
+    @app.get("/v1/jobs/{jid}", tags=["jobs"], response_model=JobStatus, responses=ERRORS)
+    async def job_status(request: Request, jid: str) -> JobStatus:
+        """Job state and progress (0..1); result URLs once done."""
+        rec = await backend.get_job(jid)
+        if rec is None:
+            raise ApiError(404, "unknown_job", f"unknown job {jid}")
+        results = {}
+        if rec["state"] == "done":
+            base = str(request.url_for("job_result", jid=jid))
+            results = {f: f"{base}?format={f}" for f in ("png", "rle", "mp4")}
+        return JobStatus(job_id=jid, state=rec["state"], progress=float(rec.get("progress", 0)),
+                         frames_done=int(rec.get("frames_done", 0)),
+                         frames_total=int(rec.get("frames_total", 0)),
+                         error=rec.get("error") or None, created=float(rec["created"]),
+                         updated=float(rec.get("updated", rec["created"])), worker_id=rec.get("worker"),
+                         results=results)
+
+    @app.get("/v1/jobs/{jid}/result", tags=["jobs"], responses={**ERRORS, 409: {"model": ErrorBody}})
+    async def job_result(jid: str, format: str = Query("png", pattern="^(png|rle|mp4)$")) -> FileResponse:  # noqa: A002
+        """Download: png = zip of DAVIS-palette PNGs, rle = COCO RLE JSON, mp4 = overlay video."""
+        rec = await backend.get_job(jid)
+        if rec is None:
+            raise ApiError(404, "unknown_job", f"unknown job {jid}")
+        if rec["state"] != "done":
+            raise ApiError(409, "job_not_done", f"job {jid} is {rec['state']}"
+                           + (f": {rec['error']}" if rec.get("error") else ""))
+        name, media = {"png": ("masks.zip", "application/zip"), "rle": ("rle.json", "application/json"),
+                       "mp4": ("overlay.mp4", "video/mp4")}[format]
+        path = svc.jobs_dir() / jid / name
+        if not path.exists():
+            raise ApiError(404, "result_missing", f"result file {name} of job {jid} is missing on the volume")
+        return FileResponse(path, media_type=media, filename=f"{jid}-{name}")
+
+    # ---------------------------------------------------------------- WebSocket
+    @app.websocket("/v1/sessions/{sid}/stream")
+    async def stream(ws: WebSocket, sid: str, token: str | None = None, format: str | None = None,  # noqa: A002
+                     mode: str = "all", max_inflight: int | None = None) -> None:
+        await StreamHandler(svc, ws, sid).run(token, format, mode, max_inflight)
+
+    return app
+
+
+def _probe_video(path: Path, init_frame: int) -> tuple[int, tuple[int, int], float]:
+    """Decode the whole upload once: frame count, frame size (of init_frame), fps; 400 if undecodable."""
+    import av
+
+    from model.media import iter_video_frames
+
+    count, hw = 0, (0, 0)
+    try:
+        for i, frame in enumerate(iter_video_frames(path)):
+            if i == 0 or i == init_frame:
+                hw = frame.shape[:2]
+            count += 1
+        with av.open(str(path)) as c:
+            rate = c.streams.video[0].average_rate
+    except InputError as exc:
+        raise ApiError(400, "bad_video", str(exc)) from None
+    return count, hw, float(rate) if rate else 25.0
+
+
+# ============================================================================ WebSocket relay
+
+WS_CLOSE = {"bad_message": 4400, "missing_token": 4401, "wrong_token": 4403, "unknown_session": 4404,
+            "session_ended": 4410, "no_worker": 4503, "internal": 1011}
+
+
+class StreamHandler:
+    """One WebSocket stream: frames in, results out, in order, with bounded frames in flight."""
+
+    def __init__(self, svc: Service, ws: WebSocket, sid: str) -> None:
+        self.svc, self.ws, self.sid = svc, ws, sid
+        self.inflight: OrderedDict[int, tuple[float, Any, bytes]] = OrderedDict()
+        self.waiting: tuple[float, Any, bytes] | None = None  # latest mode: newest unsent frame
+        self.slot = asyncio.Event()
+        self.send_lock = asyncio.Lock()
+        self.closed = False
+
+    async def close(self, code: int, reason: str) -> None:
+        if not self.closed:
+            self.closed = True
+            with contextlib.suppress(Exception):
+                await self.ws.close(code, reason[:120])
+
+    async def send(self, msg: dict[str, Any]) -> None:
+        async with self.send_lock:
+            await self.ws.send_text(json.dumps(msg))
+
+    async def run(self, token: str | None, fmt: str | None, mode: str, max_inflight: int | None) -> None:
+        s = self.svc.s
+        await self.ws.accept()
+        try:
+            if not token:  # browsers: token as the first message
+                try:
+                    first = json.loads(await asyncio.wait_for(self.ws.receive_text(), 10))
+                    token = first.get("token") if isinstance(first, dict) else None
+                except (asyncio.TimeoutError, ValueError, KeyError, WebSocketDisconnect, RuntimeError):
+                    token = None
+            try:
+                meta = await self.svc.auth(self.sid, token)
+            except ApiError as e:
+                with contextlib.suppress(Exception):
+                    await self.send({"type": "error", "code": e.code, "detail": e.detail})
+                return await self.close(WS_CLOSE.get(e.code, 4400), e.detail)
+            self.fmt = fmt or meta.get("format", "png")
+            if self.fmt not in ("png", "rle") or mode not in ("all", "latest"):
+                await self.send({"type": "error", "code": "bad_option", "detail": "format must be png|rle, "
+                                 "mode all|latest"})
+                return await self.close(4400, "bad option")
+            self.mode = mode
+            self.limit = max(1, min(max_inflight or s.max_inflight_frames, s.max_inflight_frames))
+            last = await self.svc.b.last_result(self.sid)
+            self.last_id = last[0] if last else "0"
+            await self.send({"type": "ready", "session_id": self.sid, "format": self.fmt, "mode": self.mode,
+                             "max_inflight": self.limit, "frames": int(meta.get("frames", "0")),
+                             "objects": json.loads(meta.get("objects", "[]"))})
+            recv = asyncio.create_task(self._receive())
+            relay = asyncio.create_task(self._relay())
+            done, pending = await asyncio.wait({recv, relay}, return_when=asyncio.FIRST_COMPLETED)
+            if recv in done and not recv.exception():
+                # client said "close": finish what is in flight first
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._drained(), s.request_timeout_s)
+            for t in pending:
+                t.cancel()
+            for t in done | pending:
+                with contextlib.suppress(asyncio.CancelledError, WebSocketDisconnect, Exception):
+                    exc = t.exception() if t.done() and not t.cancelled() else None
+                    if isinstance(exc, _Close):
+                        await self.close(exc.code, exc.reason)
+            await self.close(1000, "done")
+        except WebSocketDisconnect:
+            self.closed = True
+        except Exception:  # noqa: BLE001
+            log.exception("stream failed", extra={"session_id": self.sid})
+            await self.close(1011, "internal error")
+
+    async def _drained(self) -> None:
+        while self.inflight or self.waiting:
+            self.slot.clear()
+            await self.slot.wait()
+
+    async def _receive(self) -> None:
+        """Read client messages; bounded in-flight frames (all: wait; latest: keep only the newest)."""
+        s = self.svc.s
+        while True:
+            if self.mode == "all":
+                while len(self.inflight) >= self.limit:
+                    self.slot.clear()
+                    await self.slot.wait()
+            msg = await self.ws.receive()
+            if msg["type"] == "websocket.disconnect":
+                raise WebSocketDisconnect(msg.get("code", 1000))
+            client_id: Any = None
+            if msg.get("bytes") is not None:
+                data = msg["bytes"]
+            else:
+                try:
+                    env = json.loads(msg.get("text") or "")
+                    if not isinstance(env, dict):
+                        raise ValueError("not an object")
+                except ValueError:
+                    await self.send({"type": "error", "code": "bad_message",
+                                     "detail": "text messages must be JSON objects"})
+                    continue
+                kind = env.get("type")
+                if kind == "close":
+                    return
+                if kind == "ping":
+                    await self.send({"type": "pong"})
+                    continue
+                if kind == "auth":
+                    continue
+                if kind != "frame" or not isinstance(env.get("image"), str):
+                    await self.send({"type": "error", "code": "bad_message", "detail": 'expected {"type": '
+                                     '"frame", "image": "<base64 JPEG/PNG>"}, {"type": "close"} or binary'})
+                    continue
+                client_id = env.get("id")
+                try:
+                    data = base64.b64decode(env["image"], validate=True)
+                except ValueError:
+                    await self.send({"type": "error", "code": "bad_image", "id": client_id,
+                                     "detail": "image is not valid base64"})
+                    continue
+            t0 = time.perf_counter()
+            try:
+                if len(data) > s.max_upload_bytes:
+                    raise ApiError(413, "upload_too_large", "frame larger than LWL_MAX_UPLOAD_MB")
+                check_image(data, s.max_frame_pixels, "frame")
+            except ApiError as e:
+                obs.ERRORS.labels(e.code).inc()
+                await self.send({"type": "error", "status": e.status, "code": e.code, "detail": e.detail,
+                                 "id": client_id})
+                continue
+            if self.mode == "latest" and len(self.inflight) >= self.limit:
+                if self.waiting is not None:
+                    await self.send({"type": "skipped", "id": self.waiting[1]})
+                self.waiting = (t0, client_id, data)
+                continue
+            await self._submit(t0, client_id, data)
+
+    async def _submit(self, t0: float, client_id: Any, data: bytes) -> None:
+        meta = await self.svc.b.get_session(self.sid)
+        if meta is None:
+            raise _Close(4410, "session ended (deleted or expired)")
+        seq = await self.svc.b.next_seq(self.sid)
+        self.inflight[seq] = (t0, client_id, data)
+        await self._send_work(meta, seq, data)
+
+    async def _send_work(self, meta: dict[str, str], seq: int, data: bytes) -> None:
+        try:
+            wid = await self.svc.owner(self.sid, meta)
+        except ApiError as e:
+            raise _Close(4503, e.detail) from None
+        h, body = pack({"op": "frame", "sid": self.sid, "seq": seq, "fmt": self.fmt}, data)
+        await self.svc.b.send_work(wid, h, body)
+
+    async def _relay(self) -> None:
+        """Forward this stream's results in order; move the session when its worker dies."""
+        b = self.svc.b
+        quiet_since = time.monotonic()
+        while True:
+            msgs = await b.read_results(self.sid, self.last_id, 1.0)
+            for eid, hraw, _body in msgs:
+                self.last_id = eid
+                out = json.loads(hraw)
+                seq = out.get("seq")
+                if seq not in self.inflight:
+                    continue
+                t0, client_id, _ = self.inflight.pop(seq)
+                if client_id is not None:
+                    out["id"] = client_id
+                if out.get("type") == "result":
+                    obs.LATENCY.labels("end_to_end").observe(time.perf_counter() - t0)
+                    out["latency_ms"] = round((time.perf_counter() - t0) * 1000, 3)
+                await self.send(out)
+                if self.waiting is not None and len(self.inflight) < self.limit:
+                    w, self.waiting = self.waiting, None
+                    await self._submit(*w)
+                self.slot.set()
+            if msgs:
+                quiet_since = time.monotonic()
+                continue
+            if time.monotonic() - quiet_since < 1.0:
+                continue
+            quiet_since = time.monotonic()
+            meta = await b.get_session(self.sid)
+            if meta is None:
+                raise _Close(4410, "session ended (deleted or expired)")
+            if self.inflight:
+                live = {w["id"] for w in await b.live_workers()}
+                if meta.get("worker") not in live:  # owner died: move and resend what is unanswered
+                    for seq, (_t0, _cid, data) in list(self.inflight.items()):
+                        await self._send_work(meta, seq, data)
+                        meta = await b.get_session(self.sid) or meta
+
+
+class _Close(Exception):
+    """Ends a stream with a WebSocket close code."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code, self.reason = code, reason

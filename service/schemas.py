@@ -1,0 +1,101 @@
+"""Pydantic response models: they make the OpenAPI schema at /docs say exactly what comes back."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+
+class ErrorBody(BaseModel):
+    """Every 4xx/5xx answer: a machine code and a sentence naming the problem."""
+
+    code: str = Field(examples=["bad_image"])
+    detail: str = Field(examples=["image cannot be decoded (uploaded data): cannot identify image file"])
+
+
+class ObjectOut(BaseModel):
+    """One object on one frame. mask: base64 1-bit PNG (format=png) or COCO RLE dict (format=rle)."""
+
+    id: int
+    box: list[float] | None = Field(None, description="[x, y, w, h] in pixels, null when not visible")
+    score: float
+    area: int
+    mask: str | dict[str, Any] | None = None
+
+
+class FrameResultOut(BaseModel):
+    """Segmentation of one frame."""
+
+    type: Literal["result"] = "result"
+    session_id: str | None = None
+    seq: int | None = Field(None, description="session-wide frame sequence number")
+    frame_index: int
+    size: list[int] = Field(description="[height, width]")
+    format: Literal["png", "rle"]
+    labels: str | None = Field(None, description="png: base64 DAVIS indexed PNG, all objects")
+    objects: list[ObjectOut]
+    compute_ms: float = Field(description="worker compute time for this frame (model forward)")
+    worker_id: str | None = None
+
+
+class SessionCreated(BaseModel):
+    """Answer to POST /v1/sessions."""
+
+    session_id: str
+    token: str = Field(description="session secret: Bearer header, X-Session-Token or ?token=")
+    ws_url: str
+    worker_id: str
+    objects: list[ObjectOut]
+    result: FrameResultOut
+
+
+class SessionInfo(BaseModel):
+    """Session metadata (what the store keeps)."""
+
+    session_id: str
+    state: str
+    worker_id: str
+    objects: list[int]
+    frames: int
+    created: float
+    last_active: float
+    ttl_s: float
+    crop_size: str
+    model: str
+
+
+class JobCreated(BaseModel):
+    """Answer to POST /v1/jobs (202)."""
+
+    job_id: str
+    state: str
+    status_url: str
+
+
+class JobStatus(BaseModel):
+    """Video-job record."""
+
+    job_id: str
+    state: Literal["queued", "running", "done", "failed"]
+    progress: float
+    frames_done: int
+    frames_total: int
+    error: str | None = None
+    created: float
+    updated: float
+    worker_id: str | None = None
+    results: dict[str, str] = Field(default_factory=dict, description="format -> download URL (when done)")
+
+
+class WorkerInfo(BaseModel):
+    """A live worker's last heartbeat."""
+
+    id: str
+    sessions: int
+    max_sessions: int
+    free: int
+    memory_bytes: int
+    device: str
+    model: str
+    draining: bool
