@@ -519,7 +519,7 @@ def plot_metrics(recs: list[dict[str, Any]], path: Path, title: str = "") -> Pat
         k = max(1, len(loss) // 50)
         smooth = np.convolve(loss, np.ones(k) / k, mode="valid") if len(loss) >= k else loss
         ax.plot(steps, loss, color="tab:blue", alpha=0.25, lw=0.8)
-        ax.plot(steps[k - 1:], smooth, color="tab:blue", lw=1.5, label="train loss (100 x Lovasz)")
+        ax.plot(steps[k - 1:], smooth, color="tab:blue", lw=1.5, label="train loss")
         # phase boundaries
         prev = None
         for r in tr:
