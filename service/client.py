@@ -1,0 +1,345 @@
+"""Python SDK for lwl-vos: sync (`Client`) and asyncio (`AsyncClient`) over REST and WebSocket.
+
+    from service.client import Client
+    c = Client("http://localhost:8000")
+    s = c.create_session("00000.jpg", mask="00000.png")
+    for r in s.stream(["00001.jpg", "00002.jpg"]):
+        labels = s.labels(r)           # np.uint8 (H, W) label map
+    job = c.submit_video("clip.mp4", mask="00000.png")
+    c.wait_job(job)                    # progress bar
+    c.download(job, "masks.zip")
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from collections.abc import AsyncIterator, Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+from PIL import Image
+
+from service.codec import labels_from_result
+
+ImageLike = bytes | str | Path | np.ndarray
+
+
+class LWLError(Exception):
+    """A 4xx/5xx answer: status, machine code and the server's sentence."""
+
+    def __init__(self, status: int, code: str, detail: str) -> None:
+        super().__init__(f"{status} {code}: {detail}")
+        self.status, self.code, self.detail = status, code, detail
+
+
+def _bytes(x: ImageLike, label: bool = False) -> bytes:
+    """Files are sent as they are (bit-identical decode on the worker); arrays are PNG-encoded."""
+    if isinstance(x, bytes):
+        return x
+    if isinstance(x, str | Path):
+        return Path(x).read_bytes()
+    buf = io.BytesIO()
+    arr = np.asarray(x, dtype=np.uint8)
+    if label:
+        im = Image.fromarray(arr, mode="P")
+        im.putpalette([v for i in range(256) for v in ((i * 37) % 256, (i * 91) % 256, (i * 53) % 256)])
+    else:
+        im = Image.fromarray(arr)
+    im.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _check(r: httpx.Response) -> Any:
+    if r.status_code >= 400:
+        try:
+            body = r.json()
+            raise LWLError(r.status_code, body.get("code", "error"), str(body.get("detail")))
+        except ValueError:
+            raise LWLError(r.status_code, "error", r.text) from None
+    if r.status_code == 204 or not r.content:
+        return None
+    return r.json()
+
+
+def _session_form(image: ImageLike, mask: ImageLike | None, boxes: dict | None, **opts: Any) -> tuple:
+    files: dict[str, Any] = {"image": ("frame", _bytes(image))}
+    if mask is not None:
+        files["mask"] = ("mask.png", _bytes(mask, label=True), "image/png")
+    data = {k: str(v) for k, v in opts.items() if v is not None}
+    if boxes:
+        data["boxes"] = json.dumps({str(k): list(v) for k, v in boxes.items()})
+    return files, data
+
+
+def _ws_message(frame: ImageLike) -> bytes:
+    return _bytes(frame)
+
+
+class Session:
+    """A live session (sync). `stream()` yields one result per frame, in order."""
+
+    def __init__(self, client: Client, created: dict[str, Any]) -> None:
+        self.client = client
+        self.id: str = created["session_id"]
+        self.token: str = created["token"]
+        self.ws_url: str = created["ws_url"]
+        self.worker_id: str = created.get("worker_id", "")
+        self.objects: list[dict[str, Any]] = created["objects"]
+        self.result: dict[str, Any] = created["result"]
+
+    @property
+    def _h(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+    @staticmethod
+    def labels(result: dict[str, Any]) -> np.ndarray:
+        """The merged uint8 label map of a result (png or rle format)."""
+        return labels_from_result(result)
+
+    def info(self) -> dict[str, Any]:
+        return _check(self.client.http.get(f"/v1/sessions/{self.id}", headers=self._h))
+
+    def delete(self) -> None:
+        _check(self.client.http.delete(f"/v1/sessions/{self.id}", headers=self._h))
+
+    def segment(self, frame: ImageLike) -> dict[str, Any]:
+        """One frame over plain HTTP."""
+        return _check(self.client.http.post(f"/v1/sessions/{self.id}/frames", headers=self._h,
+                                            files={"image": ("frame", _bytes(frame))}))
+
+    def add_objects(self, mask: ImageLike | None = None, boxes: dict | None = None) -> dict[str, Any]:
+        files, data = _session_form(b"", mask, boxes)
+        files.pop("image")
+        return _check(self.client.http.post(f"/v1/sessions/{self.id}/objects", headers=self._h,
+                                            files=files or None, data=data))
+
+    def correct(self, mask: ImageLike) -> dict[str, Any]:
+        files = {"mask": ("mask.png", _bytes(mask, label=True), "image/png")}
+        return _check(self.client.http.post(f"/v1/sessions/{self.id}/corrections",
+                                            headers=self._h, files=files))
+
+    def remove_object(self, object_id: int) -> dict[str, Any]:
+        return _check(self.client.http.delete(f"/v1/sessions/{self.id}/objects/{object_id}", headers=self._h))
+
+    def stream(self, frames: Iterable[ImageLike], mode: str = "all", format: str | None = None,  # noqa: A002
+               max_inflight: int | None = None) -> Iterator[dict[str, Any]]:
+        """Send frames over the WebSocket; yield result (or error/skipped) messages in order."""
+        from websockets.sync.client import connect
+
+        url = self.ws_url + _query(mode, format, max_inflight)
+        with connect(url, max_size=None, open_timeout=30) as ws:
+            ready = json.loads(ws.recv())
+            if ready.get("type") != "ready":
+                raise LWLError(400, ready.get("code", "error"), ready.get("detail", str(ready)))
+            window, pending = ready["max_inflight"], 0
+            for f in frames:
+                while pending >= window:
+                    msg = json.loads(ws.recv())
+                    pending -= _answers(msg)
+                    yield msg
+                ws.send(_ws_message(f))
+                pending += 1
+            ws.send(json.dumps({"type": "close"}))
+            while pending > 0:
+                msg = json.loads(ws.recv())
+                pending -= _answers(msg)
+                yield msg
+
+
+def _query(mode: str, fmt: str | None, max_inflight: int | None) -> str:
+    q = f"&mode={mode}"
+    if fmt:
+        q += f"&format={fmt}"
+    if max_inflight:
+        q += f"&max_inflight={max_inflight}"
+    return q
+
+
+def _answers(msg: dict[str, Any]) -> int:
+    """How many sent frames a server message answers (results, frame errors, skipped frames)."""
+    return 1 if msg.get("type") in ("result", "error", "skipped") else 0
+
+
+class Client:
+    """Sync SDK over one HTTP connection pool."""
+
+    def __init__(self, base_url: str = "http://localhost:8000", timeout: float = 300.0) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.http = httpx.Client(base_url=self.base_url, timeout=timeout)
+
+    def close(self) -> None:
+        self.http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def ready(self) -> bool:
+        return self.http.get("/readyz").status_code == 200
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        """Poll /readyz (api up, store and a worker reachable)."""
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            try:
+                if self.ready():
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise TimeoutError(f"{self.base_url} not ready after {timeout} s")
+
+    def create_session(self, image: ImageLike, mask: ImageLike | None = None, boxes: dict | None = None,
+                       crop_size: str | None = None, model: str | None = None,
+                       format: str = "png") -> Session:  # noqa: A002
+        """New session from the first frame and a mask (label map) or boxes {id: (x, y, w, h)}."""
+        files, data = _session_form(image, mask, boxes, crop_size=crop_size, model=model, format=format)
+        return Session(self, _check(self.http.post("/v1/sessions", files=files, data=data)))
+
+    def submit_video(self, video: str | Path | bytes, mask: ImageLike | None = None,
+                     boxes: dict | None = None, init_frame: int = 0, crop_size: str | None = None) -> str:
+        """Post a video job; returns the job id."""
+        files, data = _session_form(b"", mask, boxes, init_frame=init_frame, crop_size=crop_size)
+        files.pop("image")
+        files["video"] = ("video", _bytes(video) if not isinstance(video, bytes) else video)
+        return _check(self.http.post("/v1/jobs", files=files, data=data))["job_id"]
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        return _check(self.http.get(f"/v1/jobs/{job_id}"))
+
+    def wait_job(self, job_id: str, progress: bool = True, poll_s: float = 0.5,
+                 timeout: float = 3600.0) -> dict[str, Any]:
+        """Poll until done/failed, with a tqdm progress bar; raises LWLError if the job failed."""
+        from tqdm import tqdm
+
+        end = time.monotonic() + timeout
+        with tqdm(total=None, unit="frame", disable=not progress, desc=f"job {job_id[:8]}") as bar:
+            while True:
+                st = self.job(job_id)
+                bar.total = st["frames_total"] or None
+                bar.n = st["frames_done"]
+                bar.refresh()
+                if st["state"] == "done":
+                    return st
+                if st["state"] == "failed":
+                    raise LWLError(422, "job_failed", st.get("error") or "job failed")
+                if time.monotonic() > end:
+                    raise TimeoutError(f"job {job_id} not done after {timeout} s")
+                time.sleep(poll_s)
+
+    def download(self, job_id: str, dest: str | Path, format: str = "png") -> Path:  # noqa: A002
+        """Save a job result: png (zip of PNGs), rle (JSON) or mp4 (overlay)."""
+        dest = Path(dest)
+        with self.http.stream("GET", f"/v1/jobs/{job_id}/result", params={"format": format}) as r:
+            if r.status_code >= 400:
+                r.read()
+                _check(r)
+            with open(dest, "wb") as f:
+                for chunk in r.iter_bytes():
+                    f.write(chunk)
+        return dest
+
+
+# ============================================================================ asyncio
+
+
+class AsyncSession:
+    """A live session (asyncio)."""
+
+    def __init__(self, client: AsyncClient, created: dict[str, Any]) -> None:
+        self.client = client
+        self.id: str = created["session_id"]
+        self.token: str = created["token"]
+        self.ws_url: str = created["ws_url"]
+        self.worker_id: str = created.get("worker_id", "")
+        self.objects: list[dict[str, Any]] = created["objects"]
+        self.result: dict[str, Any] = created["result"]
+        self._h = {"Authorization": f"Bearer {self.token}"}
+
+    labels = staticmethod(Session.labels)
+
+    async def info(self) -> dict[str, Any]:
+        return _check(await self.client.http.get(f"/v1/sessions/{self.id}", headers=self._h))
+
+    async def delete(self) -> None:
+        _check(await self.client.http.delete(f"/v1/sessions/{self.id}", headers=self._h))
+
+    async def segment(self, frame: ImageLike) -> dict[str, Any]:
+        return _check(await self.client.http.post(f"/v1/sessions/{self.id}/frames", headers=self._h,
+                                                  files={"image": ("frame", _bytes(frame))}))
+
+    async def stream(self, frames: Iterable[ImageLike], mode: str = "all", format: str | None = None,  # noqa: A002
+                     max_inflight: int | None = None) -> AsyncIterator[dict[str, Any]]:
+        """Async generator of result messages, in frame order."""
+        from websockets.asyncio.client import connect
+
+        async with connect(self.ws_url + _query(mode, format, max_inflight), max_size=None) as ws:
+            ready = json.loads(await ws.recv())
+            if ready.get("type") != "ready":
+                raise LWLError(400, ready.get("code", "error"), ready.get("detail", str(ready)))
+            window, pending = ready["max_inflight"], 0
+            for f in frames:
+                while pending >= window:
+                    msg = json.loads(await ws.recv())
+                    pending -= _answers(msg)
+                    yield msg
+                await ws.send(_ws_message(f))
+                pending += 1
+            await ws.send(json.dumps({"type": "close"}))
+            while pending > 0:
+                msg = json.loads(await ws.recv())
+                pending -= _answers(msg)
+                yield msg
+
+
+class AsyncClient:
+    """asyncio SDK."""
+
+    def __init__(self, base_url: str = "http://localhost:8000", timeout: float = 300.0) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.http = httpx.AsyncClient(base_url=self.base_url, timeout=timeout)
+
+    async def aclose(self) -> None:
+        await self.http.aclose()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def create_session(self, image: ImageLike, mask: ImageLike | None = None, boxes: dict | None = None,
+                             crop_size: str | None = None, model: str | None = None,
+                             format: str = "png") -> AsyncSession:  # noqa: A002
+        files, data = _session_form(image, mask, boxes, crop_size=crop_size, model=model, format=format)
+        return AsyncSession(self, _check(await self.http.post("/v1/sessions", files=files, data=data)))
+
+    async def submit_video(self, video: str | Path | bytes, mask: ImageLike | None = None,
+                           boxes: dict | None = None, init_frame: int = 0) -> str:
+        files, data = _session_form(b"", mask, boxes, init_frame=init_frame)
+        files.pop("image")
+        files["video"] = ("video", _bytes(video) if not isinstance(video, bytes) else video)
+        return _check(await self.http.post("/v1/jobs", files=files, data=data))["job_id"]
+
+    async def job(self, job_id: str) -> dict[str, Any]:
+        return _check(await self.http.get(f"/v1/jobs/{job_id}"))
+
+    async def wait_job(self, job_id: str, poll_s: float = 0.5, timeout: float = 3600.0) -> dict[str, Any]:
+        import asyncio
+
+        end = time.monotonic() + timeout
+        while True:
+            st = await self.job(job_id)
+            if st["state"] == "done":
+                return st
+            if st["state"] == "failed":
+                raise LWLError(422, "job_failed", st.get("error") or "job failed")
+            if time.monotonic() > end:
+                raise TimeoutError(f"job {job_id} not done after {timeout} s")
+            await asyncio.sleep(poll_s)
