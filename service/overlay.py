@@ -16,7 +16,7 @@ class OverlayWriter:
         import av
 
         self.path, self.fps, self.alpha = path, fps, alpha
-        self.container = av.open(str(path), mode="w")
+        self.container = av.open(str(path), mode="w", format="mp4")
         self.stream = None
         self._av = av
 

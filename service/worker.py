@@ -270,6 +270,7 @@ class Worker:
         self.sessions[sid] = hs
         await self.b.update_session(sid, {"worker": self.id, "state": "active"}, self.s.session_ttl_s)
         log.info("session restored", extra={"session_id": sid, "worker_id": self.id, "replayed": replayed})
+        await self._heartbeat_once()
         return hs
 
     async def _snapshot(self, sid: str) -> None:

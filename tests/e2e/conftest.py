@@ -97,7 +97,8 @@ def offline_pngs(weights: Path, frames: list[Path], mask: Path, out: Path) -> li
     res = out / "masks"
     cmd = [sys.executable, "-m", "service.cli", "segment", str(frame_dir), "--mask", str(mask),
            "--weights", str(weights), "--crop-size", CROP, "--device", "cpu", "--out", str(res)]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # same thread count as the service processes
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT, env=env)
     assert r.returncode == 0, r.stderr[-2000:]
     pngs = sorted(res.rglob("*.png"))
     assert len(pngs) == len(frames), (pngs, r.stdout[-500:])
@@ -109,11 +110,13 @@ class Proc:
 
     def __init__(self, args: list[str], env: dict[str, str], log: Path) -> None:
         self.args, self.env, self.log = args, env, log
+        self.stopped = False
         self.f = open(log, "ab")  # noqa: SIM115 - closed in stop()
         self.p = subprocess.Popen([sys.executable, "-m", "service.cli", *args], env=env, cwd=ROOT,
                                   stdout=self.f, stderr=subprocess.STDOUT)
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int | None:
+        self.stopped = True
         if self.p.poll() is None:
             self.p.send_signal(sig)
             try:
@@ -153,6 +156,8 @@ class Cluster:
         end = time.monotonic() + timeout
         while time.monotonic() < end:
             for p in self.procs:
+                if p.stopped:
+                    continue
                 assert p.p.poll() is None, f"{p.args} exited:\n{p.logs()[-3000:]}"
             try:
                 r = httpx.get(f"{self.url}/readyz", timeout=2)
@@ -170,7 +175,8 @@ class Cluster:
 
     def close(self) -> None:
         for p in self.procs:
-            p.stop()
+            if not p.stopped:
+                p.stop()
         if self.redis:
             r = self.redis_client()
             keys = list(r.scan_iter(match=f"{self.prefix}:*"))

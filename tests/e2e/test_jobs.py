@@ -32,8 +32,18 @@ def _write_video(path: Path, n: int) -> None:
 
 
 def _offline(weights: Path, video: Path, init: int) -> list[bytes]:
+    import torch
     from model.api import load_model
 
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the worker runs with OMP_NUM_THREADS=1: same reduction order
+    try:
+        return _segment(load_model, weights, video, init)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _segment(load_model, weights: Path, video: Path, init: int) -> list[bytes]:  # noqa: ANN001
     m = load_model(weights=str(weights), device="cpu")
     tr = m.new_tracker(crop_size=tuple(int(v) for v in CROP.split("x")))
     out = []
