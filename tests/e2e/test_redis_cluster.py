@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-from conftest import Cluster, offline_pngs
+from conftest import Cluster, free_port, offline_pngs
 
 from service.client import Client, LWLError, Session
 
@@ -43,7 +43,8 @@ def test_api_two_workers_redis(cluster_factory, clip, weights, tmp_path) -> None
 
     c = cluster_factory(True, LWL_MAX_SESSIONS_PER_WORKER="2", LWL_SESSION_TTL_S="12")
     c.start("api")
-    wa = c.start("worker", LWL_WORKER_ID="worker-a")
+    mport = free_port()
+    wa = c.start("worker", LWL_WORKER_ID="worker-a", LWL_WORKER_METRICS_PORT=str(mport))
     wb = c.start("worker", LWL_WORKER_ID="worker-b")
     c.wait_ready(workers=2)
     client = Client(c.url)
@@ -82,6 +83,11 @@ def test_api_two_workers_redis(cluster_factory, clip, weights, tmp_path) -> None
     assert rc.sismember(f"{c.prefix}:workers", "worker-a") and rc.exists(f"{c.prefix}:worker:worker-b")
     info = json.loads(rc.get(f"{c.prefix}:worker:worker-a"))
     assert info["sessions"] == 2 and info["free"] == 0 and info["memory_bytes"] > 0
+
+    # the worker's own /metrics and /healthz
+    text = httpx.get(f"http://127.0.0.1:{mport}/metrics").text
+    assert "lwl_frames_segmented_total 6.0" in text  # 2 creates + 2 x 2 streamed frames
+    assert httpx.get(f"http://127.0.0.1:{mport}/healthz").json()["id"] == "worker-a"
 
     # failover: kill worker-b; its sessions continue on worker-a with identical masks
     moved = [s for s in sessions if s.worker_id == "worker-b"][0]
