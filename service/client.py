@@ -135,7 +135,7 @@ class Session:
             ready = json.loads(ws.recv())
             if ready.get("type") != "ready":
                 raise LWLError(400, ready.get("code", "error"), ready.get("detail", str(ready)))
-            window, pending = ready["max_inflight"], 0
+            window, pending = _window(ready, mode), 0
             for f in frames:
                 while pending >= window:
                     msg = json.loads(ws.recv())
@@ -157,6 +157,11 @@ def _query(mode: str, fmt: str | None, max_inflight: int | None) -> str:
     if max_inflight:
         q += f"&max_inflight={max_inflight}"
     return q
+
+
+def _window(ready: dict[str, Any], mode: str) -> int:
+    """all: keep max_inflight frames outstanding; latest: never wait, the server drops stale frames."""
+    return ready["max_inflight"] if mode == "all" else 1 << 30
 
 
 def _answers(msg: dict[str, Any]) -> int:
@@ -283,7 +288,7 @@ class AsyncSession:
             ready = json.loads(await ws.recv())
             if ready.get("type") != "ready":
                 raise LWLError(400, ready.get("code", "error"), ready.get("detail", str(ready)))
-            window, pending = ready["max_inflight"], 0
+            window, pending = _window(ready, mode), 0
             for f in frames:
                 while pending >= window:
                     msg = json.loads(await ws.recv())

@@ -112,4 +112,6 @@ def test_api_two_workers_redis(cluster_factory, clip, weights, tmp_path) -> None
     # the orphan of the killed worker expires through the Redis key TTL
     _wait(lambda: not any(rc.exists(f"{c.prefix}:session:{s.id}") for s in sessions), 30,
           "session keys to expire")
-    assert wa.p.poll() is None
+    # SIGTERM drains the idle worker: clean exit, gone from the registry
+    assert wa.stop() == 0
+    assert not rc.exists(f"{c.prefix}:worker:worker-a")

@@ -77,6 +77,14 @@ def test_serve_sdk_metrics_and_raw_websocket(serve, clip, weights, tmp_path) -> 
         ws.recv()
     assert ws.close_code == 4403
 
+    # mode=latest, one frame in flight: a burst is answered in order, the newest frame always processed
+    s3 = client.create_session(frames[0], mask=mask)
+    burst = [frames[1], frames[2], frames[3], frames[1], frames[2], frames[3]]
+    msgs = list(s3.stream(burst, mode="latest", max_inflight=1))
+    assert len(msgs) == len(burst) and {m["type"] for m in msgs} <= {"result", "skipped"}
+    done = [m["frame_index"] for m in msgs if m["type"] == "result"]
+    assert done == list(range(1, len(done) + 1)) and msgs[-1]["type"] == "result"
+
     # JSON logs: one object per line, with session ids
     lines = [json.loads(line) for line in serve.proc.logs().splitlines() if line.startswith("{")]
     assert any(rec.get("session_id") == s.id for rec in lines)
