@@ -73,6 +73,7 @@ class RedisBackend(Store, Broker):
     """Store and Broker over one Redis connection pool (binary-safe, decode_responses off)."""
 
     RESULT_MAXLEN = 256
+    ORPHAN_IDLE_MS = 5000  # a job pending this long on a worker without heartbeat is taken over
 
     def __init__(self, url: str, prefix: str = "lwl") -> None:
         import redis.asyncio as aioredis
@@ -258,11 +259,33 @@ class RedisBackend(Store, Broker):
 
     async def take_job(self, consumer: str, block_s: float) -> tuple[str, str] | None:
         await self._ensure_group()
+        orphan = await self._claim_orphan(consumer)
+        if orphan is not None:
+            return orphan
         res = await self.r.xreadgroup("workers", consumer, {self.k("jobqueue"): ">"}, count=1,
                                       block=max(1, int(block_s * 1000)))
         for _key, entries in res or []:
             for eid, fields in entries:
                 return _s(eid), _s(fields[b"job"])
+        return None
+
+    async def _claim_orphan(self, consumer: str) -> tuple[str, str] | None:
+        """A job delivered to a worker whose heartbeat expired and not finished: take it over."""
+        key = self.k("jobqueue")
+        for p in await self.r.xpending_range(key, "workers", min="-", max="+", count=20,
+                                                idle=self.ORPHAN_IDLE_MS):
+            owner = _s(p["consumer"])
+            if owner == consumer or await self.r.exists(self.k("worker", owner)):
+                continue
+            claimed = await self.r.xclaim(key, "workers", consumer, min_idle_time=self.ORPHAN_IDLE_MS,
+                                          message_ids=[p["message_id"]])
+            for eid, fields in claimed:
+                jid = _s(fields[b"job"])
+                state = await self.r.hget(self.k("job", jid), "state")
+                if state in (b"done", b"failed"):
+                    await self.ack_job(_s(eid))
+                    continue
+                return _s(eid), jid
         return None
 
     async def ack_job(self, entry: str) -> None:

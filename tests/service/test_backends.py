@@ -105,3 +105,24 @@ def test_streams_keep_order_and_block(kind: str) -> None:
             await _cleanup(b)
 
     asyncio.run(run())
+
+
+def test_job_of_dead_worker_is_taken_over() -> None:
+    async def run() -> None:
+        b = await _make("redis")
+        b.ORPHAN_IDLE_MS = 50
+        try:
+            await b.put_job("j1", {"id": "j1", "state": "queued"})
+            await b.submit_job("j1")
+            await b.heartbeat("w-live", {"id": "w-live"}, ttl_s=30)
+            assert (await b.take_job("w-dead", 1.0))[1] == "j1"  # w-dead never heartbeats
+            await asyncio.sleep(0.1)
+            entry, jid = await b.take_job("w-live", 0.1)
+            assert jid == "j1"
+            await b.ack_job(entry)
+            await asyncio.sleep(0.1)
+            assert await b.take_job("w-live", 0.1) is None
+        finally:
+            await _cleanup(b)
+
+    asyncio.run(run())
