@@ -1,0 +1,69 @@
+"""The steepest-descent learner A: monotone descent and the closed-form minimiser of eq. (3)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from model.learner import Residual, SteepestDescent, apply_filter
+
+
+def _problem(dtype=torch.float64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    n, c, d, h, w = 3, 4, 2, 6, 7
+    feat = torch.randn(n, 1, c, h, w, generator=g, dtype=dtype)
+    label = torch.randn(n, 1, d, h, w, generator=g, dtype=dtype)
+    weight = torch.rand(n, 1, d, h, w, generator=g, dtype=dtype) + 0.5
+    return feat, label, weight
+
+
+def _learner(reg: float, dtype=torch.float64) -> SteepestDescent:
+    res = Residual(reg)
+    res.filter_reg.data = res.filter_reg.data.to(dtype)
+    return SteepestDescent(res, num_iter=5)
+
+
+def test_loss_decreases_at_every_iteration() -> None:
+    feat, label, weight = _problem(torch.float32)
+    sd = _learner(0.1, torch.float32)
+    tau0 = torch.zeros(1, 2, 4, 3, 3)
+    with torch.no_grad():
+        _, iterates, losses = sd(tau0, feat, label, weight, num_iter=20, compute_losses=True)
+    assert len(iterates) == 21 and len(losses) == 21
+    vals = [float(v) for v in losses]
+    assert all(b < a for a, b in zip(vals, vals[1:])), vals
+
+
+def test_converges_to_closed_form_minimiser() -> None:
+    feat, label, weight = _problem()
+    lam = 0.7
+    sd = _learner(lam)
+    with torch.no_grad():
+        tau, _, _ = sd(torch.zeros(1, 2, 4, 3, 3, dtype=torch.float64), feat, label, weight, num_iter=3000)
+    # Normal equations per output channel: (sum v^2 u u^T + lam^2 I) t = sum v^2 y u
+    n, _, c, h, w = feat.shape
+    cols = F.unfold(feat[:, 0], 3, padding=1)  # (n, c*9, h*w)
+    u = cols.permute(0, 2, 1).reshape(-1, c * 9)
+    for dch in range(2):
+        v2 = (weight[:, 0, dch] ** 2).reshape(-1)
+        y = label[:, 0, dch].reshape(-1)
+        a = (u * v2[:, None]).T @ u + lam**2 * torch.eye(c * 9, dtype=torch.float64)
+        b = (u * v2[:, None]).T @ y
+        t = torch.linalg.solve(a, b)
+        assert torch.allclose(tau[0, dch].reshape(-1), t, rtol=1e-6, atol=1e-8)
+
+
+def test_apply_filter_matches_conv2d_per_sequence() -> None:
+    feat = torch.randn(2, 3, 4, 5, 6)
+    tau = torch.randn(3, 2, 4, 3, 3)
+    out = apply_filter(feat, tau)
+    for s in range(3):
+        ref = F.conv2d(feat[:, s], tau[s], padding=1)
+        assert torch.allclose(out[:, s], ref, atol=1e-5)
+
+
+def test_zero_iterations_return_the_start() -> None:
+    feat, label, weight = _problem(torch.float32)
+    tau0 = torch.randn(1, 2, 4, 3, 3)
+    tau, _, _ = _learner(0.1, torch.float32)(tau0, feat, label, weight, num_iter=0)
+    assert torch.equal(tau, tau0)
