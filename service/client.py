@@ -279,6 +279,21 @@ class AsyncSession:
         return _check(await self.client.http.post(f"/v1/sessions/{self.id}/frames", headers=self._h,
                                                   files={"image": ("frame", _bytes(frame))}))
 
+    async def add_objects(self, mask: ImageLike | None = None, boxes: dict | None = None) -> dict[str, Any]:
+        files, data = _session_form(b"", mask, boxes)
+        files.pop("image")
+        return _check(await self.client.http.post(f"/v1/sessions/{self.id}/objects", headers=self._h,
+                                                  files=files or None, data=data))
+
+    async def correct(self, mask: ImageLike) -> dict[str, Any]:
+        files = {"mask": ("mask.png", _bytes(mask, label=True), "image/png")}
+        return _check(await self.client.http.post(f"/v1/sessions/{self.id}/corrections", headers=self._h,
+                                                  files=files))
+
+    async def remove_object(self, object_id: int) -> dict[str, Any]:
+        return _check(await self.client.http.delete(f"/v1/sessions/{self.id}/objects/{object_id}",
+                                                    headers=self._h))
+
     async def stream(self, frames: Iterable[ImageLike], mode: str = "all", format: str | None = None,  # noqa: A002
                      max_inflight: int | None = None) -> AsyncIterator[dict[str, Any]]:
         """Async generator of result messages, in frame order."""
@@ -326,8 +341,9 @@ class AsyncClient:
         return AsyncSession(self, _check(await self.http.post("/v1/sessions", files=files, data=data)))
 
     async def submit_video(self, video: str | Path | bytes, mask: ImageLike | None = None,
-                           boxes: dict | None = None, init_frame: int = 0) -> str:
-        files, data = _session_form(b"", mask, boxes, init_frame=init_frame)
+                           boxes: dict | None = None, init_frame: int = 0,
+                           crop_size: str | None = None) -> str:
+        files, data = _session_form(b"", mask, boxes, init_frame=init_frame, crop_size=crop_size)
         files.pop("image")
         files["video"] = ("video", _bytes(video) if not isinstance(video, bytes) else video)
         return _check(await self.http.post("/v1/jobs", files=files, data=data))["job_id"]
@@ -348,3 +364,15 @@ class AsyncClient:
             if time.monotonic() > end:
                 raise TimeoutError(f"job {job_id} not done after {timeout} s")
             await asyncio.sleep(poll_s)
+
+    async def download(self, job_id: str, dest: str | Path, format: str = "png") -> Path:  # noqa: A002
+        """Save a job result: png (zip of PNGs), rle (JSON) or mp4 (overlay)."""
+        dest = Path(dest)
+        async with self.http.stream("GET", f"/v1/jobs/{job_id}/result", params={"format": format}) as r:
+            if r.status_code >= 400:
+                await r.aread()
+                _check(r)
+            with open(dest, "wb") as f:
+                async for chunk in r.aiter_bytes():
+                    f.write(chunk)
+        return dest

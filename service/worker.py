@@ -463,27 +463,42 @@ class Worker:
         fps = float(rec.get("fps") or 25.0)
         overlay = OverlayWriter(d / "overlay.mp4.part", fps=fps)
         frames_rle: list[dict[str, Any]] = []
+        head: list[np.ndarray] = []  # frames before init_frame, segmented backwards as `lwl segment` does
         n = 0
+
+        def emit(i: int, frame: np.ndarray, res: Any) -> None:
+            labels = res.labels if res is not None else np.zeros(frame.shape[:2], np.uint8)
+            objects = [] if res is None else [
+                {"id": int(oid), "score": float(o.score), "area": int(o.area),
+                 "box": [float(v) for v in o.box] if o.box is not None else None,
+                 "segmentation": rle_encode(labels == oid)} for oid, o in res.objects.items()]
+            zf.writestr(f"{i:05d}.png", encode_label_png(labels))
+            frames_rle.append({"frame_index": i, "objects": objects})
+            overlay.write(frame, labels)
+
+        def step(tr: Any, frame: np.ndarray, first: bool) -> Any:
+            t0 = time.perf_counter()
+            res = tr.step(frame, mask=mask, boxes=boxes) if first else tr.step(frame)
+            obs.LATENCY.labels("model").observe(time.perf_counter() - t0)
+            obs.FRAMES.inc()
+            return res
+
         with zipfile.ZipFile(d / "masks.zip.part", "w", zipfile.ZIP_STORED) as zf:
             for i, frame in enumerate(iter_video_frames(d / rec["input"])):
-                t0 = time.perf_counter()
                 if i < init:
-                    labels = np.zeros(frame.shape[:2], np.uint8)
-                    objects: list[dict[str, Any]] = []
-                else:
-                    res = tracker.step(frame, mask=mask, boxes=boxes) if i == init else tracker.step(frame)
-                    obs.LATENCY.labels("model").observe(time.perf_counter() - t0)
-                    obs.FRAMES.inc()
-                    labels = res.labels
-                    objects = [{"id": int(oid), "score": float(o.score), "area": int(o.area),
-                                "box": [float(v) for v in o.box] if o.box is not None else None,
-                                "segmentation": rle_encode(labels == oid)} for oid, o in res.objects.items()]
-                zf.writestr(f"{i:05d}.png", encode_label_png(labels))
-                frames_rle.append({"frame_index": i, "objects": objects})
-                overlay.write(frame, labels)
+                    head.append(frame)
+                    continue
+                if i == init and head:
+                    back = self.model.new_tracker(crop_size=crop)
+                    results = [step(back, f, k == 0) for k, f in enumerate([frame, *reversed(head)])][1:]
+                    for k, (f, res) in enumerate(zip(head, reversed(results), strict=True)):
+                        emit(k, f, res)
+                    head = []
+                emit(i, frame, step(tracker, frame, i == init))
                 n = i + 1
                 if n % 5 == 0:
                     progress(n)
+            n = max(n, len(head))
         overlay.close()
         if n <= init:
             raise InputError(f"init_frame {init} is beyond the video's {n} frames")

@@ -49,9 +49,7 @@ def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random-weights checkpoint in the project's safetensors format (model.testing helper)."""
     from model.testing import tiny_weights
 
-    path = tmp_path_factory.mktemp("weights") / "tiny.safetensors"
-    tiny_weights(path)
-    return path
+    return Path(tiny_weights(tmp_path_factory.mktemp("weights") / "tiny.safetensors"))
 
 
 def make_frame(i: int, seed: int = 0) -> np.ndarray:
@@ -88,21 +86,26 @@ def clip(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     return {"dir": d, "frames": frames, "mask": mask}
 
 
+def lwl_segment(weights: Path, source: Path, out: Path, *init: str) -> list[bytes]:
+    """Run `lwl segment` offline (same thread count as the service processes); the PNGs it writes."""
+    res = out / "masks"
+    cmd = [sys.executable, "-m", "service.cli", "segment", str(source), *init, "--weights", str(weights),
+           "--size", CROP, "--device", "cpu", "--quiet", "--out", str(res)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # same thread count as the service processes
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT, env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return [p.read_bytes() for p in sorted(res.glob("*.png"))]
+
+
 def offline_pngs(weights: Path, frames: list[Path], mask: Path, out: Path) -> list[bytes]:
     """What `lwl segment` writes for these frames: the reference for bit-identity."""
     frame_dir = out / "frames"
     frame_dir.mkdir(parents=True, exist_ok=True)
     for p in frames:
         (frame_dir / p.name).write_bytes(p.read_bytes())
-    res = out / "masks"
-    cmd = [sys.executable, "-m", "service.cli", "segment", str(frame_dir), "--mask", str(mask),
-           "--weights", str(weights), "--crop-size", CROP, "--device", "cpu", "--out", str(res)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # same thread count as the service processes
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT, env=env)
-    assert r.returncode == 0, r.stderr[-2000:]
-    pngs = sorted(res.rglob("*.png"))
-    assert len(pngs) == len(frames), (pngs, r.stdout[-500:])
-    return [p.read_bytes() for p in pngs]
+    pngs = lwl_segment(weights, frame_dir, out, "--mask", str(mask))
+    assert len(pngs) == len(frames)
+    return pngs
 
 
 class Proc:

@@ -11,9 +11,8 @@ import zipfile
 from pathlib import Path
 
 import av
-import numpy as np
 import pytest
-from conftest import CROP, first_mask, make_frame
+from conftest import first_mask, lwl_segment, make_frame
 
 from model.media import encode_label_png, iter_video_frames
 from service.client import Client
@@ -31,29 +30,12 @@ def _write_video(path: Path, n: int) -> None:
             c.mux(p)
 
 
-def _offline(weights: Path, video: Path, init: int) -> list[bytes]:
-    import torch
-    from model.api import load_model
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the worker runs with OMP_NUM_THREADS=1: same reduction order
-    try:
-        return _segment(load_model, weights, video, init)
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _segment(load_model, weights: Path, video: Path, init: int) -> list[bytes]:  # noqa: ANN001
-    m = load_model(weights=str(weights), device="cpu")
-    tr = m.new_tracker(crop_size=tuple(int(v) for v in CROP.split("x")))
-    out = []
-    for i, f in enumerate(iter_video_frames(video)):
-        if i < init:
-            out.append(encode_label_png(np.zeros(f.shape[:2], np.uint8)))
-            continue
-        res = tr.step(f, mask=first_mask()) if i == init else tr.step(f)
-        out.append(encode_label_png(res.labels))
-    return out
+def _offline(weights: Path, video: Path, init: int, tmp: Path) -> list[bytes]:
+    """`lwl segment` on the same video with the mask on frame `init` (earlier frames: backwards)."""
+    ann = tmp / "ann"
+    ann.mkdir()
+    (ann / f"{init:05d}.png").write_bytes(encode_label_png(first_mask()))
+    return lwl_segment(weights, video, tmp / "offline", "--annotations", str(ann))
 
 
 @pytest.mark.slow
@@ -75,14 +57,14 @@ def test_video_job_survives_api_restart(cluster_factory, weights, tmp_path) -> N
     st = client.wait_job(jid, progress=False, timeout=300)
     assert st["state"] == "done" and st["frames_done"] == 4 and st["progress"] == 1.0
 
-    ref = _offline(weights, video, init=1)
+    ref = _offline(weights, video, 1, tmp_path)
     z = client.download(jid, tmp_path / "masks.zip", format="png")
     with zipfile.ZipFile(z) as zf:
         names = sorted(zf.namelist())
         assert names == [f"{i:05d}.png" for i in range(4)]
         assert [zf.read(n) for n in names] == ref
     rle = json.loads(client.download(jid, tmp_path / "rle.json", format="rle").read_text())
-    assert [f["frame_index"] for f in rle["frames"]] == [0, 1, 2, 3] and rle["frames"][0]["objects"] == []
+    assert [f["frame_index"] for f in rle["frames"]] == [0, 1, 2, 3]
     seg = rle["frames"][1]["objects"][0]["segmentation"]
     assert rle_decode(seg).shape == (120, 160)
     mp4 = client.download(jid, tmp_path / "overlay.mp4", format="mp4")

@@ -4,6 +4,7 @@ and every kind of bad input answered with a 4xx JSON body while other sessions s
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import json
@@ -17,7 +18,7 @@ from PIL import Image
 from websockets.sync.client import connect
 
 from model.media import encode_label_png
-from service.client import Client, LWLError
+from service.client import AsyncClient, Client, LWLError
 
 
 def _frames_metric(url: str) -> float:
@@ -84,6 +85,17 @@ def test_serve_sdk_metrics_and_raw_websocket(serve, clip, weights, tmp_path) -> 
     assert len(msgs) == len(burst) and {m["type"] for m in msgs} <= {"result", "skipped"}
     done = [m["frame_index"] for m in msgs if m["type"] == "result"]
     assert done == list(range(1, len(done) + 1)) and msgs[-1]["type"] == "result"
+
+    # the asyncio SDK: same masks
+    async def run_async() -> list[dict]:
+        async with AsyncClient(serve.url) as ac:
+            s4 = await ac.create_session(frames[0], mask=mask)
+            out = [m async for m in s4.stream(frames[1:2])]
+            await s4.delete()
+            return out
+
+    out = asyncio.run(run_async())
+    assert [base64.b64decode(m["labels"]) for m in out] == ref[1:2]
 
     # JSON logs: one object per line, with session ids
     lines = [json.loads(line) for line in serve.proc.logs().splitlines() if line.startswith("{")]
