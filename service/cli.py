@@ -32,6 +32,19 @@ def _settings(args: argparse.Namespace) -> Settings:
     return s
 
 
+def _load_model(s: Settings, role: str) -> object | None:
+    """Load the worker's model before serving, so a bad LWL_WEIGHTS/LWL_DEVICE fails at once in one line."""
+    from model.api import load_model
+    from model.errors import InputError
+
+    try:
+        dev = None if s.device in ("", "auto") else s.device
+        return load_model(weights=s.weights or None, device=dev)
+    except InputError as exc:
+        print(f"lwl {role}: {exc}", file=sys.stderr)
+        return None
+
+
 def _uvicorn(app: object, s: Settings) -> None:
     import uvicorn
 
@@ -62,8 +75,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from service.backends import RedisBackend
     from service.worker import Worker, serve_worker_http
 
+    model = _load_model(s, "worker")
+    if model is None:
+        return 2
+
     async def main() -> None:
-        w = Worker(s, RedisBackend(s.redis_url, s.key_prefix))
+        w = Worker(s, RedisBackend(s.redis_url, s.key_prefix), model=model)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, lambda: asyncio.ensure_future(w.drain()))
@@ -84,8 +101,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from service.backends import make_backend
     from service.worker import Worker
 
+    model = _load_model(s, "serve")
+    if model is None:
+        return 2
     backend = make_backend(s.redis_url, s.key_prefix)
-    worker = Worker(s, backend, worker_id=s.worker_id or "embedded")
+    worker = Worker(s, backend, model=model, worker_id=s.worker_id or "embedded")
     _uvicorn(create_app(s, backend, worker), s)
     return 0
 
