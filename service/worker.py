@@ -46,8 +46,15 @@ class HeldSession:
 
     tracker: Any
     last_seq: int = 0
+    recent: list[int] = field(default_factory=list)  # seqs applied lately: resent frames are skipped
     frames_since_snapshot: int = 0
     last_active: float = field(default_factory=time.monotonic)
+
+    def applied(self, seq: int) -> None:
+        """Remember a frame as applied (bounded memory)."""
+        self.last_seq = max(self.last_seq, seq)
+        self.recent.append(seq)
+        del self.recent[:-256]
 
 
 def encode_result(res: Any, fmt: str, compute_ms: float) -> dict[str, Any]:
@@ -252,20 +259,19 @@ class Worker:
     async def _restore(self, sid: str, snap: bytes) -> HeldSession:
         sh, sblobs = parse_frame_bytes(snap)
         tracker = await self._run(self.model.restore_tracker, sblobs[0])
-        hs = HeldSession(tracker=tracker, last_seq=int(sh["seq"]))
+        hs = HeldSession(tracker=tracker, last_seq=int(sh["seq"]), recent=list(sh.get("recent", [])))
         last = await self.b.last_result(sid)
         published = json.loads(last[1]).get("seq", 0) if last else 0
         replayed = 0
         for rec in await self.b.get_replay(sid):
-            rh, rblobs = parse_frame_bytes(rec)
-            if int(rh["seq"]) <= hs.last_seq:
-                continue
+            rh, rblobs = parse_frame_bytes(rec)  # the log holds only frames after the snapshot
+            seq = int(rh["seq"])
             result = await self._run(self._step, hs, rblobs[0], rh.get("fmt", "png"))
-            hs.last_seq = int(rh["seq"])
+            hs.applied(seq)
             hs.frames_since_snapshot += 1
             replayed += 1
-            if hs.last_seq > published:
-                result.update(session_id=sid, worker_id=self.id, seq=hs.last_seq)
+            if seq > published:
+                result.update(session_id=sid, worker_id=self.id, seq=seq)
                 await self.b.publish_result(sid, json.dumps(result).encode(), b"")
         self.sessions[sid] = hs
         await self.b.update_session(sid, {"worker": self.id, "state": "active"}, self.s.session_ttl_s)
@@ -276,7 +282,8 @@ class Worker:
     async def _snapshot(self, sid: str) -> None:
         hs = self.sessions[sid]
         blob = await self._run(hs.tracker.export_state)
-        await self.b.put_snapshot(sid, frame_bytes({"seq": hs.last_seq}, blob), self.s.session_ttl_s)
+        await self.b.put_snapshot(sid, frame_bytes({"seq": hs.last_seq, "recent": hs.recent}, blob),
+                                  self.s.session_ttl_s)
         hs.frames_since_snapshot = 0
 
     async def _touch(self, sid: str, hs: HeldSession, **extra: str) -> None:
@@ -351,10 +358,10 @@ class Worker:
     async def _op_frame(self, h: dict[str, Any], blobs: list[bytes]) -> dict[str, Any] | None:
         sid, seq, fmt = h["sid"], int(h["seq"]), h.get("fmt", "png")
         hs = await self._held(sid)
-        if seq <= hs.last_seq:
+        if seq in hs.recent:
             return None  # already applied (resent after a failover); its result was published
         out = await self._run(self._step, hs, blobs[0], fmt)
-        hs.last_seq = seq
+        hs.applied(seq)
         hs.frames_since_snapshot += 1
         await self.b.append_replay(sid, frame_bytes({"seq": seq, "fmt": fmt}, blobs[0]), self.s.session_ttl_s)
         if hs.frames_since_snapshot >= self.s.snapshot_every:

@@ -85,3 +85,13 @@ def test_openapi_schema(client: TestClient) -> None:
               "/v1/jobs/{jid}", "/v1/jobs/{jid}/result", "/healthz", "/readyz"):
         assert p in paths
     assert client.get("/docs").status_code == 200
+
+
+def test_cors_only_when_configured(tmp_path) -> None:  # noqa: ANN001
+    pre = {"Origin": "http://app.example", "Access-Control-Request-Method": "POST"}
+    s = Settings(results_dir=str(tmp_path), cors_origins="http://app.example, http://other.example")
+    with TestClient(create_app(s, MemoryBackend())) as c:
+        r = c.options("/v1/sessions", headers=pre)
+        assert r.headers["access-control-allow-origin"] == "http://app.example"
+    with TestClient(create_app(Settings(results_dir=str(tmp_path)), MemoryBackend())) as c:
+        assert "access-control-allow-origin" not in c.options("/v1/sessions", headers=pre).headers
