@@ -115,3 +115,23 @@ def test_api_two_workers_redis(cluster_factory, clip, weights, tmp_path) -> None
     # SIGTERM drains the idle worker: clean exit, gone from the registry
     assert wa.stop() == 0
     assert not rc.exists(f"{c.prefix}:worker:worker-a")
+
+
+@pytest.mark.slow
+def test_sigterm_drains_worker_and_session_moves(cluster_factory, clip, weights, tmp_path) -> None:  # noqa: ANN001
+    frames, mask = clip["frames"], clip["mask"]
+    ref = offline_pngs(weights, frames, mask, tmp_path / "offline")
+    c = cluster_factory(True, LWL_DRAIN_TIMEOUT_S="1")
+    c.start("api")
+    procs = {"w1": c.start("worker", LWL_WORKER_ID="w1"), "w2": c.start("worker", LWL_WORKER_ID="w2")}
+    c.wait_ready(workers=2)
+    client = Client(c.url)
+    s = client.create_session(frames[0], mask=mask)
+    assert [_labels_png(m) for m in s.stream(frames[1:2])] == ref[1:2]
+    owner = s.worker_id
+    other = "w2" if owner == "w1" else "w1"
+    assert procs[owner].stop(signal.SIGTERM) == 0  # drains (1 s), snapshots the session, leaves the registry
+    assert owner not in _workers(c)
+    out = list(s.stream(frames[2:4]))
+    assert [m["worker_id"] for m in out] == [other, other]
+    assert [_labels_png(m) for m in out] == ref[2:4]
