@@ -160,3 +160,11 @@ def test_bad_input_gets_4xx_and_leaves_sessions_intact(serve, clip) -> None:  # 
     with pytest.raises(LWLError):
         good.add_objects(boxes={4: (-5, 0, 10, 10)})
     assert first_mask().shape == Image.open(io.BytesIO(base64.b64decode(res["labels"]))).size[::-1]
+
+    # deleting a session closes its open stream with 4410
+    with connect(good.ws_url) as ws:
+        assert json.loads(ws.recv())["type"] == "ready"
+        good.delete()
+        with pytest.raises(Exception):  # noqa: B017 - ConnectionClosed
+            ws.recv(timeout=10)
+    assert ws.close_code == 4410
