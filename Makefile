@@ -22,7 +22,7 @@ demo: $(STAMP)
 ## test: the whole suite (starts Redis when none is running)
 test: $(STAMP)
 	bash .ci/ensure-redis.sh
-	$(BIN)/python -m pytest -q -rs
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -rs
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -1,0 +1,110 @@
+"""`lwl segment` and `lwl convert` as a user runs them: real files, real processes, clear errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+from PIL import Image
+
+from model.media import read_label_png, write_label_png
+
+H, W = 96, 128
+
+
+def lwl(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "service.cli", *args], capture_output=True, text=True, timeout=300,
+                          env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
+
+
+def frame(i: int) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    img = (rng.random((H, W, 3)) * 80 + 40).astype(np.uint8)
+    img[20 + i:50 + i, 20 + 2 * i:60 + 2 * i] = (220, 40, 40)
+    return img
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("clip")
+    (root / "frames").mkdir()
+    (root / "ann").mkdir()
+    for i in range(5):
+        Image.fromarray(frame(i)).save(root / "frames" / f"f{i:03d}.png")
+    m = np.zeros((H, W), np.uint8)
+    m[22:52, 24:64] = 1
+    write_label_png(root / "ann" / "f002.png", m)  # first annotation on frame 2: frames 0-1 go backwards
+    write_label_png(root / "first.png", m)
+    with av.open(str(root / "clip.mp4"), "w") as c:
+        s = c.add_stream("libx264", rate=10)
+        s.width, s.height, s.pix_fmt = W, H, "yuv420p"
+        for i in range(5):
+            for p in s.encode(av.VideoFrame.from_ndarray(frame(i), format="rgb24")):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    (root / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"garbage" * 100)
+    return root
+
+
+def test_segment_folder_with_late_annotation(clip: Path, tiny_weights_path: Path, tmp_path: Path) -> None:
+    r = lwl("segment", str(clip / "frames"), "--annotations", str(clip / "ann"), "--weights", str(tiny_weights_path),
+            "--out", str(tmp_path), "--quiet")
+    assert r.returncode == 0, r.stderr
+    names = sorted(p.name for p in tmp_path.glob("*.png"))
+    assert names == [f"f{i:03d}.png" for i in range(5)]
+    im = Image.open(tmp_path / "f002.png")
+    assert im.mode == "P" and im.size == (W, H)
+    assert np.array_equal(read_label_png(tmp_path / "f002.png"), read_label_png(clip / "ann" / "f002.png"))
+
+
+def test_segment_video_with_box(clip: Path, tiny_weights_path: Path, tmp_path: Path) -> None:
+    r = lwl("segment", str(clip / "clip.mp4"), "--box", "20,20,40,30", "--weights", str(tiny_weights_path),
+            "--size", "64x96", "--out", str(tmp_path), "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == [f"{i:05d}.png" for i in range(5)]
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--mask", "MISSING.png"], "not found"),
+    (["--box", "100,80,50,50"], "outside"),
+    (["--box", "1,2,3"], "x,y,w,h"),
+    ([], "exactly one of"),
+    (["--mask", "EMPTY"], "empty"),
+    (["--mask", "SMALL"], "differs from the frame size"),
+    (["--mask", "FIRST", "--size", "50x50"], "multiples of 16"),
+])
+def test_segment_errors_are_one_line(clip: Path, tiny_weights_path: Path, tmp_path: Path, extra: list[str],
+                                     message: str) -> None:
+    empty, small = tmp_path / "empty.png", tmp_path / "small.png"
+    write_label_png(empty, np.zeros((H, W), np.uint8))
+    write_label_png(small, np.ones((10, 10), np.uint8))
+    sub = {"EMPTY": str(empty), "SMALL": str(small), "FIRST": str(clip / "first.png"),
+           "MISSING.png": str(tmp_path / "missing.png")}
+    extra = [sub.get(a, a) for a in extra]
+    r = lwl("segment", str(clip / "frames"), *extra, "--weights", str(tiny_weights_path), "--out", str(tmp_path / "o"),
+            "--quiet")
+    assert r.returncode == 2
+    assert message in r.stderr and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("source,message", [("broken.mp4", "cannot be decoded"), ("nothing.mp4", "not found")])
+def test_unreadable_sources(clip: Path, tiny_weights_path: Path, tmp_path: Path, source: str, message: str) -> None:
+    r = lwl("segment", str(clip / source), "--mask", str(clip / "first.png"), "--weights", str(tiny_weights_path),
+            "--out", str(tmp_path), "--quiet")
+    assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr
+
+
+def test_bad_weights_file(clip: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.pth"
+    bad.write_bytes(b"not a checkpoint" * 10)
+    r = lwl("segment", str(clip / "frames"), "--mask", str(clip / "first.png"), "--weights", str(bad),
+            "--out", str(tmp_path / "o"), "--quiet")
+    assert r.returncode == 2 and "bad.pth" in r.stderr and "Traceback" not in r.stderr
+    r = lwl("convert", str(bad), str(tmp_path / "x"))
+    assert r.returncode == 2 and "bad.pth" in r.stderr
