@@ -174,7 +174,8 @@ def build_from_weights(w: LoadedWeights) -> LWLNet:
         net.load_state_dict(w.state_dict, strict=True)
     except RuntimeError as exc:
         first = str(exc).splitlines()
-        raise CheckpointError(f"weights do not fit the {w.config.backbone} network: {' '.join(first[:3])[:300]}") from None
+        detail = " ".join(first[:3])[:300]
+        raise CheckpointError(f"weights do not fit the {w.config.backbone} network: {detail}") from None
     return net.eval()
 
 

@@ -92,7 +92,7 @@ class Decoder(nn.Module):
         self.CAB = nn.ModuleDict({k: CAB(oc[k]) for k in LAYERS})
         self.RRB2 = nn.ModuleDict({k: RRB(oc[k], norm) for k in LAYERS})
         self.proj = nn.ModuleDict(
-            {k: nn.Sequential(nn.Conv2d(oc[p], oc[k], 1), nn.ReLU()) for p, k in zip(LAYERS, LAYERS[1:])}
+            {k: nn.Sequential(nn.Conv2d(oc[p], oc[k], 1), nn.ReLU()) for p, k in zip(LAYERS, LAYERS[1:], strict=False)}
         )
         self.project = Upsampler(oc["layer1"])
 

@@ -31,7 +31,7 @@ def test_loss_decreases_at_every_iteration() -> None:
         _, iterates, losses = sd(tau0, feat, label, weight, num_iter=20, compute_losses=True)
     assert len(iterates) == 21 and len(losses) == 21
     vals = [float(v) for v in losses]
-    assert all(b < a for a, b in zip(vals, vals[1:])), vals
+    assert all(b < a for a, b in zip(vals, vals[1:], strict=False)), vals
 
 
 def test_converges_to_closed_form_minimiser() -> None:
