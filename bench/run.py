@@ -1,0 +1,100 @@
+"""Tracker speed: frames per second per configuration, written to bench/results.json and a bar plot.
+
+Runs on whatever device `auto` picks. Uses the bundled model when present and the official
+ResNet-50 architecture with random weights (same cost as the released checkpoints).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from model.api import BUNDLED_WEIGHTS, Model, load_model, resolve_device
+from model.config import NetConfig, TrackerParams
+from model.network import build_network
+
+
+def official_random(device: torch.device) -> Model:
+    cfg = NetConfig.official_stage2()
+    net = build_network(cfg).eval().to(device)
+    with torch.no_grad():
+        net.feature_extractor.bn1.running_var.fill_(4096.0)
+    return Model(net, cfg, TrackerParams.lwl_ytvos(), device, "official-architecture (random weights)")
+
+
+def clip(n: int, hw: tuple[int, int]) -> tuple[list[np.ndarray], np.ndarray]:
+    """Two squares moving over noise."""
+    h, w = hw
+    rng = np.random.default_rng(0)
+    base = (rng.random((h, w, 3)) * 100 + 50).astype(np.uint8)
+    frames = []
+    for i in range(n):
+        f = base.copy()
+        f[h // 4 + i: h // 2 + i, w // 5 + 2 * i: w // 2 + 2 * i] = (220, 40, 40)
+        frames.append(f)
+    mask = np.zeros((h, w), np.uint8)
+    mask[h // 4: h // 2, w // 5: w // 2] = 1
+    return frames, mask
+
+
+def time_tracker(model: Model, crop: tuple[int, int], frames: list[np.ndarray], mask: np.ndarray) -> dict:
+    tr = model.new_tracker(crop)
+    t0 = time.perf_counter()
+    tr.step(frames[0], mask=mask)
+    init_s = time.perf_counter() - t0
+    times = []
+    for f in frames[1:]:
+        t = time.perf_counter()
+        tr.step(f)
+        times.append(time.perf_counter() - t)
+    med = float(np.median(times))
+    return {"init_s": round(init_s, 3), "median_frame_s": round(med, 4), "fps": round(1 / med, 2),
+            "state_mb": round(len(tr.export_state()) / 2**20, 1)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--frames", type=int, default=12)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--out", default="bench/results.json")
+    args = ap.parse_args()
+    dev = resolve_device(args.device)
+    frames, mask = clip(args.frames, (480, 854))
+    runs = []
+    if BUNDLED_WEIGHTS.is_file():
+        m = load_model(None, str(dev))
+        runs.append(("bundled compact", m, m.default_crop_size))
+    off = official_random(dev)
+    runs += [("official ResNet-50", off, (240, 416)), ("official ResNet-50", off, (480, 832))]
+    results = []
+    for name, model, crop in runs:
+        r = time_tracker(model, crop, frames, mask)
+        r.update(model=name, crop=f"{crop[0]}x{crop[1]}")
+        results.append(r)
+        print(f"{name:22s} crop {r['crop']:8s} init {r['init_s']:6.2f} s   {r['median_frame_s']:.3f} s/frame "
+              f"({r['fps']:.2f} fps)   state {r['state_mb']} MB")
+    meta = {"device": str(dev), "threads": torch.get_num_threads(), "torch": torch.__version__,
+            "cpu": platform.processor() or platform.machine(), "frame": "854x480", "objects": 1}
+    Path(args.out).write_text(json.dumps({"meta": meta, "results": results}, indent=1))
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3))
+    labels = [f"{r['model']}\n{r['crop']}" for r in results]
+    ax.barh(labels, [r["fps"] for r in results], color="#4a7fb5")
+    ax.set_xlabel(f"frames per second ({dev}, {meta['threads']} threads, 1 object, 854x480)")
+    fig.tight_layout()
+    fig.savefig(Path(args.out).with_suffix(".png"), dpi=120)
+    print(f"wrote {args.out} and {Path(args.out).with_suffix('.png')}")
+
+
+if __name__ == "__main__":
+    main()
