@@ -56,6 +56,16 @@ def overlay_strip(frames_dir: Path, masks_dir: Path, dst: Path, count: int = 6) 
     Image.fromarray(np.concatenate(tiles, axis=1)).save(dst)
 
 
+def run_lwl(argv: list[str]) -> int:
+    """Run one of the model's `lwl` commands in this process (model/ does not import service/)."""
+    from model.cli import register
+
+    parser = argparse.ArgumentParser(prog="lwl")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return int(args.func(args) or 0)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--out", default="demo-out")
@@ -72,14 +82,12 @@ def main(argv: list[str] | None = None) -> int:
         print("NOTE: no bundled model in this checkout; using random weights from a fixed seed "
               "(masks will be meaningless)", file=sys.stderr)
     gt = make_video(out / "input", args.frames, args.seed)
-    from service.cli import main as lwl
-
     cmd = ["segment", str(out / "input" / "JPEGImages"), "--mask", str(out / "input" / "Annotations" / "00000.png"),
            "--out", str(out / "masks")]
     if weights:
         cmd += ["--weights", weights]
     print("lwl " + " ".join(cmd), file=sys.stderr)
-    rc = lwl(cmd)
+    rc = run_lwl(cmd)
     if rc:
         return rc
     pred = np.stack([read_label_png(p) for p in sorted((out / "masks").glob("*.png"))])
