@@ -114,6 +114,7 @@ class _Target:
         init_pos, init_scale, shift, exp_sz = init_crop_geometry(
             self.pos, self.target_scale, self.img_sample_sz, (h_img, w_img))
         out_hw = (int(self.img_sample_sz[0]), int(self.img_sample_sz[1]))
+        self.init_geom = (init_pos, init_scale, torch.tensor(shift), exp_sz)
         patch = init_crop(im, init_pos, init_scale, shift, exp_sz, out_hw)
         mask_crop = init_crop(mask, init_pos, init_scale, shift, exp_sz, out_hw, is_mask=True)
         _, x_feat = self._features(patch)
@@ -210,20 +211,24 @@ class _Target:
         return paste_scores(logits.cpu(), (h_img, w_img), sample_pos, sample_scale)
 
     def correct(self, mask: torch.Tensor) -> None:
-        """A user-corrected mask of the last tracked frame becomes a permanent sample, then A re-fits."""
+        """A user-corrected mask of the last frame becomes a permanent sample, then A re-fits.
+
+        On the object's first frame the correction replaces the initial mask and A starts again.
+        """
         h_img, w_img = mask.shape[-2:]
+        m = mask.reshape(1, 1, h_img, w_img).float()
+        if self.frame_num <= 1:
+            pos, scale, shift, exp_sz = self.init_geom
+            out_hw = (int(self.img_sample_sz[0]), int(self.img_sample_sz[1]))
+            self.masks[0] = init_crop(m, pos, scale, shift.tolist(), exp_sz, out_hw, is_mask=True)[0].to(self.device)
+            self.tau = self._learn(self.samples[:1], self.masks[:1], None, self.params.net_opt_iter, None)
+            return
         free = [i for i in range(self.weights.shape[0]) if i not in self.protected]
         if len(free) < 2:
             raise InputError(f"object {self.object_id}: too many corrections for the few-shot memory")
-        m = mask.reshape(1, 1, h_img, w_img).float()
-        if self.frame_num <= 1:
-            pos, scale = self._centered_pos(), self.target_scale
-            x_feat = self.samples[0:1, 0]
-        else:
-            pos, scale, x_feat = self.prev_pos, self.prev_scale, self.prev_test_x
-        crop, _ = sample_patch(m, pos, scale * self.img_sample_sz, self.img_sample_sz, mode="inside_major",
-                               is_mask=True)
-        slot = self._insert(x_feat, crop, self.params.learning_rate)
+        crop, _ = sample_patch(m, self.prev_pos, self.prev_scale * self.img_sample_sz, self.img_sample_sz,
+                               mode="inside_major", is_mask=True)
+        slot = self._insert(self.prev_test_x, crop, self.params.learning_rate)
         self.protected.append(slot)
         self.weight_floor_slots.append(slot)
         self._optimise(self.params.net_opt_update_iter)
@@ -231,9 +236,11 @@ class _Target:
     # -- state ----------------------------------------------------------------------------------------
     _TENSORS = ("pos", "target_sz", "target_scale", "base_target_sz", "prev_pos", "prev_scale", "tau",
                 "weights", "prev_test_x")
+    _GEOM = ("init_pos", "init_scale", "init_shift", "init_exp_sz")
 
     def state(self) -> dict:
         d = {k: getattr(self, k).cpu() for k in self._TENSORS if hasattr(self, k)}
+        d.update(zip(self._GEOM, self.init_geom, strict=True))
         d["samples"] = self.samples[: self.num_stored].cpu()
         d["masks"] = self.masks[: self.num_stored].cpu()
         d["meta"] = {"object_id": self.object_id, "frame_num": self.frame_num, "num_stored": self.num_stored,
@@ -252,6 +259,7 @@ class _Target:
             if k in d:
                 v = d[k]
                 setattr(self, k, v.to(self.device) if k in ("tau", "prev_test_x") else v)
+        self.init_geom = tuple(d[k] for k in self._GEOM)
         s, m = d["samples"], d["masks"]
         mem = meta["memory"]
         self.samples = s.new_zeros(mem, *s.shape[1:]).to(self.device)

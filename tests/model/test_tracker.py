@@ -167,3 +167,14 @@ def test_memory_weights_follow_the_reference(preset: str, table: dict) -> None:
             assert t.weights[0].item() == pytest.approx(w0, abs=2e-6), k
             assert t.weights[slot].item() == pytest.approx(ws, abs=2e-6), k
             assert t.weights.sum().item() == pytest.approx(total, abs=2e-6), k
+
+
+def test_correction_on_the_first_frame_replaces_the_initial_mask(model) -> None:
+    tr = model.new_tracker()
+    tr.step(frame(0), mask=first_mask())
+    fixed = first_mask()
+    fixed[20:50, 50:60] = 0
+    res = tr.correct(fixed)
+    assert np.array_equal(res.labels, fixed)
+    clone = model.restore_tracker(tr.export_state())
+    assert np.array_equal(tr.step(frame(1)).labels, clone.step(frame(1)).labels)
