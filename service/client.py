@@ -45,8 +45,10 @@ def _bytes(x: ImageLike, label: bool = False) -> bytes:
     buf = io.BytesIO()
     arr = np.asarray(x, dtype=np.uint8)
     if label:
+        from model.media import DAVIS_PALETTE  # numpy + Pillow only
+
         im = Image.fromarray(arr, mode="P")
-        im.putpalette([v for i in range(256) for v in ((i * 37) % 256, (i * 91) % 256, (i * 53) % 256)])
+        im.putpalette(DAVIS_PALETTE.reshape(-1).tolist())
     else:
         im = Image.fromarray(arr)
     im.save(buf, format="PNG")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import time
 
@@ -42,9 +43,23 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, default=str)
 
 
+_TOKEN = re.compile(r"(token=)[^&\s\"']+")
+
+
+class RedactTokens(logging.Filter):
+    """Session tokens travel in WebSocket URLs (browsers cannot set headers): keep them out of logs."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        if "token=" in msg:
+            record.msg, record.args = _TOKEN.sub(r"\1***", msg), None
+        return True
+
+
 def setup_logging(level: str = "info", as_json: bool = True) -> None:
     """Configure the root logger once per process (stderr)."""
     handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(RedactTokens())
     handler.setFormatter(JsonFormatter() if as_json else logging.Formatter(
         "%(asctime)s %(levelname)s %(name)s %(message)s"))
     root = logging.getLogger()

@@ -100,6 +100,7 @@ def test_serve_sdk_metrics_and_raw_websocket(serve, clip, weights, tmp_path) -> 
     # JSON logs: one object per line, with session ids
     lines = [json.loads(line) for line in serve.proc.logs().splitlines() if line.startswith("{")]
     assert any(rec.get("session_id") == s.id for rec in lines)
+    assert s.token not in serve.proc.logs() and s3.token not in serve.proc.logs()  # tokens are redacted
 
 
 @pytest.mark.slow
