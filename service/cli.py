@@ -85,7 +85,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, lambda: asyncio.ensure_future(w.drain()))
         if s.worker_metrics_port:
-            serve_worker_http(w, s.worker_metrics_port)
+            try:
+                serve_worker_http(w, s.worker_metrics_port)
+            except OSError as exc:  # e.g. a second worker on the same host with the default port
+                log.warning("worker metrics endpoint off: port %s: %s", s.worker_metrics_port, exc)
         await w.start()
         await w.stopped.wait()
         await w.b.close()
