@@ -152,6 +152,9 @@ def test_bad_input_gets_4xx_and_leaves_sessions_intact(serve, clip) -> None:  # 
     # the good session is untouched: next frame over HTTP segments as usual
     res = good.segment(make_frame(1))
     assert res["frame_index"] == 1 and [o["id"] for o in res["objects"]] == [1, 2]
+    # a correction of tracked objects on the current frame
+    res = good.correct(first_mask())
+    assert res["frame_index"] == 1 and sorted(o["id"] for o in res["objects"]) == [1, 2]
     # and the add-object path works on the current frame
     extra = np.zeros((120, 160), np.uint8)
     extra[5:25, 120:150] = 3
