@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from model.rle import rle_decode
+
 
 def read_rgb(path: str | Path) -> np.ndarray:
     """RGB uint8 (H, W, 3)."""
@@ -156,37 +158,8 @@ class YouTubeVOSDataset(VideoSource):
 
 
 def _rle_decode(counts: list[int] | str, h: int, w: int) -> np.ndarray:
-    """COCO RLE (column-major runs, uncompressed list or compressed string) -> bool (h, w)."""
-    if isinstance(counts, str):
-        counts = _rle_string_to_counts(counts)
-    flat = np.zeros(h * w, bool)
-    pos, val = 0, False
-    for c in counts:
-        if val:
-            flat[pos:pos + c] = True
-        pos += c
-        val = not val
-    return flat.reshape(w, h).T
-
-
-def _rle_string_to_counts(s: str) -> list[int]:
-    """Decode the COCO compressed-RLE string (LEB128-like, 5 bits per char, delta from two runs back)."""
-    counts: list[int] = []
-    p = 0
-    while p < len(s):
-        x, k, more = 0, 0, True
-        while more:
-            c = ord(s[p]) - 48
-            x |= (c & 0x1F) << (5 * k)
-            more = bool(c & 0x20)
-            p += 1
-            k += 1
-            if not more and (c & 0x10):
-                x |= -1 << (5 * k)
-        if len(counts) > 2:
-            x += counts[-2]
-        counts.append(x)
-    return counts
+    """COCO RLE (uncompressed list or compressed string) -> bool (h, w)."""
+    return rle_decode({"size": [h, w], "counts": counts}).astype(bool)
 
 
 def coco_mask(ann: dict, h: int, w: int) -> np.ndarray:
