@@ -126,13 +126,7 @@ class LWLNet(nn.Module):
 
     def box_init_logits(self, image: torch.Tensor, box: torch.Tensor) -> torch.Tensor:
         """Box-init at inference: full frame (1, 3, H, W) normalised, box (4,) -> logits (1, 1, H, W) (spec §6.12)."""
-        if self.box_label_encoder is None:
-            raise ValueError("this network has no box encoder")
-        size = tuple(image.shape[-2:])
-        feats = self.extract_features(image)
-        x = self.target_features(feats["layer3"])
-        enc = self.box_label_encoder(box.reshape(1, 1, 4), x, size)
-        return self.decoder(enc, feats, size)
+        return self.forward_box(image, box.reshape(1, 4)).unsqueeze(1)
 
 
 def build_network(cfg: NetConfig) -> LWLNet:
