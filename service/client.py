@@ -81,11 +81,10 @@ def _ws_message(frame: ImageLike) -> bytes:
     return _bytes(frame)
 
 
-class Session:
-    """A live session (sync). `stream()` yields one result per frame, in order."""
+class _SessionInfo:
+    """What the api answered when the session was created (shared by the sync and asyncio sessions)."""
 
-    def __init__(self, client: Client, created: dict[str, Any]) -> None:
-        self.client = client
+    def __init__(self, created: dict[str, Any]) -> None:
         self.id: str = created["session_id"]
         self.token: str = created["token"]
         self.ws_url: str = created["ws_url"]
@@ -96,6 +95,14 @@ class Session:
     @property
     def _h(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.token}"}
+
+
+class Session(_SessionInfo):
+    """A live session (sync). `stream()` yields one result per frame, in order."""
+
+    def __init__(self, client: Client, created: dict[str, Any]) -> None:
+        super().__init__(created)
+        self.client = client
 
     @staticmethod
     def labels(result: dict[str, Any]) -> np.ndarray:
@@ -256,18 +263,12 @@ class Client:
 # ============================================================================ asyncio
 
 
-class AsyncSession:
+class AsyncSession(_SessionInfo):
     """A live session (asyncio)."""
 
     def __init__(self, client: AsyncClient, created: dict[str, Any]) -> None:
+        super().__init__(created)
         self.client = client
-        self.id: str = created["session_id"]
-        self.token: str = created["token"]
-        self.ws_url: str = created["ws_url"]
-        self.worker_id: str = created.get("worker_id", "")
-        self.objects: list[dict[str, Any]] = created["objects"]
-        self.result: dict[str, Any] = created["result"]
-        self._h = {"Authorization": f"Bearer {self.token}"}
 
     labels = staticmethod(Session.labels)
 
