@@ -29,7 +29,8 @@ class PhaseConfig:
     milestones: list[int] = field(default_factory=list)  # phase-local steps where lr *= gamma
     gamma: float = 0.2
     loss_weight: float = 100.0
-    direct_weight: float = 0.0  # single mode: also segment the train frame from E(mask) directly
+    direct_weight: float = 0.0  # single mode: also segment the train frame through the decoder alone
+    direct_input: str = "mask"  # what the decoder gets there: "mask" = E(mask), "none" = zero scores
     bce_weight: float = 0.0  # extra BCE term (0 = the reference loss); helps training from scratch
     num_train: int = 1
     num_test: int = 3
@@ -100,6 +101,8 @@ def load_config(path: str | Path) -> TrainConfig:
     for ph in phases:
         if ph.mode not in ("single", "sequence", "box"):
             raise ValueError(f"{path}: phase {ph.name!r} has unknown mode {ph.mode!r}")
+        if ph.direct_input not in ("mask", "none"):
+            raise ValueError(f"{path}: phase {ph.name!r} has unknown direct_input {ph.direct_input!r}")
     raw["phases"] = phases
     raw.setdefault("net", {"preset": "compact"})
     return TrainConfig(**raw)

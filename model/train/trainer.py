@@ -296,8 +296,13 @@ class Trainer:
 
     def _single_with_direct(self, ph: PhaseConfig, b: dict[str, torch.Tensor]) -> tuple[torch.Tensor, float]:
         """Warm-up forward (notes: teach the network to see first): the test frame is segmented through
-        the few-shot learner, and the train frame straight from its mask encoding E(m), which gives the
-        decoder and backbone a strong, learner-independent signal while the learner is still poor."""
+        the few-shot learner, and the train frame by the decoder alone, which gives the decoder and
+        backbone a strong, learner-independent signal while the learner is still poor.
+
+        With `direct_input: mask` the decoder gets E(m) of that very frame, which it can learn to copy
+        (little is learnt about images); with `none` it gets zero target scores and must find the
+        object from the backbone features: a foreground-segmentation pre-training of F and D, the role
+        Mask R-CNN pre-training plays for the paper's backbone."""
         net = self.net
         tr, te = b["train_images"], b["test_images"]
         nb = tr.shape[1]
@@ -312,7 +317,8 @@ class Trainer:
         feats_te = {k: f[ntr * nb:] for k, f in feats.items()}
         enc_te = net.target_model.apply(tau, x[ntr:])
         logits_te = net.decoder(enc_te, feats_te, size).reshape(-1, nb, *size)
-        logits_tr = net.decoder(y, feats_tr, size).reshape(-1, nb, *size)
+        enc_tr = y if ph.direct_input == "mask" else torch.zeros_like(y)
+        logits_tr = net.decoder(enc_tr, feats_tr, size).reshape(-1, nb, *size)
         loss = self._loss(ph, logits_te, b["test_masks"]) + ph.direct_weight * self._loss(
             ph, logits_tr, b["train_masks"])
         return loss, batch_iou(logits_te, b["test_masks"])

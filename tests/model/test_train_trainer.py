@@ -58,6 +58,44 @@ def test_training_steps_lower_the_loss_on_a_fixed_batch() -> None:
     assert float(loss_fn().detach()) < first
 
 
+def _single_phase_trainer(tmp_path: Path, direct_input: str) -> tuple[Trainer, PhaseConfig]:
+    recipe = yaml.safe_load(_write_tiny_recipe(tmp_path).read_text())
+    recipe["phases"][0]["direct_input"] = direct_input
+    path = tmp_path / f"{direct_input}.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    cfg = load_config(path)
+    return Trainer(cfg, fresh=True, progress=False, log=lambda s: None), cfg.phases[0]
+
+
+def test_foreground_warmup_cannot_copy_the_mask(tmp_path: Path) -> None:
+    """direct_input 'none': the train frame is decoded from zero scores, so its mask must not leak in;
+    with 'mask' the decoder sees E(mask) and the loss depends on it through that path too."""
+    batch = _batch("single")
+    flipped = dict(batch, train_masks=1 - batch["train_masks"], test_masks=1 - batch["test_masks"])
+    for mode in ("none", "mask"):
+        tr, ph = _single_phase_trainer(tmp_path, mode)
+        tr.net.eval()
+        captured: list[torch.Tensor] = []
+        hook = tr.net.decoder.register_forward_hook(lambda m, a, o, sink=captured: sink.append(a[0].detach()))
+        with torch.no_grad():
+            tr.compute_loss(ph, batch)
+            tr.compute_loss(ph, flipped)
+        hook.remove()
+        direct_a, direct_b = captured[1], captured[3]  # calls: test frame, train frame, per batch
+        assert torch.equal(direct_a, direct_b) == (mode == "none")
+        if mode == "none":
+            assert float(direct_a.abs().sum()) == 0.0
+
+
+def test_unknown_direct_input_is_rejected(tmp_path: Path) -> None:
+    recipe = yaml.safe_load(_write_tiny_recipe(tmp_path).read_text())
+    recipe["phases"][0]["direct_input"] = "zeros"
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    with pytest.raises(ValueError, match="direct_input"):
+        load_config(path)
+
+
 def test_param_groups_freeze_unlisted() -> None:
     net = build_network(_tiny_cfg())
     groups = param_groups(net, {"decoder": 1e-4, "feature_extractor.layer4": 2e-5})
