@@ -39,6 +39,7 @@ class PhaseConfig:
     num_init_iter: int = 5
     num_update_iter: int = 2
     eval_mode: bool = False  # whole network in eval mode (box phase: everything but B is frozen)
+    freeze_bn: bool = False  # BatchNorm uses its running statistics (as at inference); affines still train
     data: list[dict[str, Any]] | None = None  # overrides the recipe's data for this phase
     processing: dict[str, Any] = field(default_factory=dict)  # ProcessingParams overrides
     grad_clip: float | None = None

@@ -265,10 +265,16 @@ class Trainer:
         return sampler, proc
 
     def _set_mode(self, ph: PhaseConfig) -> None:
+        """Train/eval mode for the phase. `freeze_bn` makes training see the normalisation the tracker
+        sees (running statistics, one frame at a time) instead of statistics of a batch of 4 crops."""
         if ph.eval_mode:
             self.net.eval()
-        else:
-            self.net.train()
+            return
+        self.net.train()
+        if ph.freeze_bn:
+            for m in self.net.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
 
     def _lr_factor(self, ph: PhaseConfig) -> float:
         return ph.gamma ** sum(1 for m in ph.milestones if self.phase_step >= m)
@@ -382,7 +388,8 @@ class Trainer:
             _, summ, info = evaluate_davis(factory, v["root"], None, v.get("sequences"), v.get("max_frames"))
             rec.update({"J&F": summ.jf_mean, "J": summ.j_mean, "F": summ.f_mean,
                         "val_seconds": round(info["seconds"], 1)})
-        self.net.train(was_training)
+        if was_training:
+            self._set_mode(ph)
         self._write_metrics(rec)
         return rec
 

@@ -172,3 +172,23 @@ def test_trainer_checkpoints_resumes_and_exports(tmp_path: Path) -> None:
     assert res.labels.shape == (48, 80)
     res = tr.step(frame)
     assert res.labels.shape == (48, 80)
+
+
+def test_freeze_bn_keeps_running_statistics_through_training_and_validation(tmp_path: Path) -> None:
+    recipe = yaml.safe_load(_write_tiny_recipe(tmp_path).read_text())
+    recipe["phases"][1]["freeze_bn"] = True
+    path = tmp_path / "frozen.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    cfg = load_config(path)
+    tr = Trainer(cfg, fresh=True, progress=False, log=lambda s: None)
+    ph = cfg.phases[1]
+    tr._set_mode(ph)
+    bns = [m for m in tr.net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert bns and tr.net.training and not any(m.training for m in bns)
+    before = bns[0].running_mean.clone()
+    tr.optimizer = torch.optim.Adam(param_groups(tr.net, ph.lr), lr=1e-3)
+    tr.train_step(ph, _batch("sequence"))
+    assert torch.equal(bns[0].running_mean, before)
+    assert bns[0].weight.grad is not None  # the affine part still trains
+    tr._set_mode(cfg.phases[0])
+    assert all(m.training for m in bns)
