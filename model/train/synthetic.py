@@ -101,7 +101,7 @@ def _patch(rng: np.random.Generator, tex: np.ndarray, h: int, w: int) -> np.ndar
     cw = int(rng.integers(max(8, tw // 4), tw + 1))
     y0 = int(rng.integers(0, th - ch + 1))
     x0 = int(rng.integers(0, tw - cw + 1))
-    t = torch.from_numpy(np.ascontiguousarray(tex[y0:y0 + ch, x0:x0 + cw])).permute(2, 0, 1)[None].float()
+    t = torch.from_numpy(np.array(tex[y0:y0 + ch, x0:x0 + cw], dtype=np.float32)).permute(2, 0, 1)[None]
     return F.interpolate(t, size=(h, w), mode="bilinear", align_corners=False)[0].permute(1, 2, 0).numpy()
 
 
