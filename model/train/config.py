@@ -59,6 +59,7 @@ class TrainConfig:
     init_backbone: str | None = None  # state dict for `feature_extractor` only (stage 1)
     export_to: str | None = None  # copy the final model here (e.g. the bundled weights)
     export_dtype: str = "float32"  # "float16" halves the shipped file (the repo limit is 50 MB)
+    tracker_preset: str | None = None  # recorded in the weights; None: lwl_boxinit after a box phase
     seed: int = 0
     device: str = "auto"
     threads: int = 0  # torch intra-op threads, 0 = torch default
@@ -104,6 +105,9 @@ def load_config(path: str | Path) -> TrainConfig:
             raise ValueError(f"{path}: phase {ph.name!r} has unknown mode {ph.mode!r}")
         if ph.direct_input not in ("mask", "none"):
             raise ValueError(f"{path}: phase {ph.name!r} has unknown direct_input {ph.direct_input!r}")
+    preset = raw.get("tracker_preset")
+    if preset is not None and preset not in ("lwl_ytvos", "lwl_boxinit"):
+        raise ValueError(f"{path}: unknown tracker_preset {preset!r} (lwl_ytvos or lwl_boxinit)")
     raw["phases"] = phases
     raw.setdefault("net", {"preset": "compact"})
     return TrainConfig(**raw)

@@ -219,7 +219,8 @@ class Trainer:
                             "hours": round(self.elapsed / 3600, 3)}}
         if self.ablation:
             meta["ablation"] = self.ablation
-        preset = "lwl_boxinit" if phase and self._phase_mode(phase) == "box" else "lwl_ytvos"
+        preset = self.cfg.tracker_preset or (
+            "lwl_boxinit" if phase and self._phase_mode(phase) == "box" else "lwl_ytvos")
         sd = self.net.state_dict()
         if dtype != "float32":
             target = getattr(torch, dtype)

@@ -95,8 +95,6 @@ def test_cli_parser_registers_eval() -> None:
 
 @pytest.mark.skipif(not DEFAULT_WEIGHTS.exists(), reason="bundled weights model/weights/default.safetensors "
                                                           "not trained yet (lwl train compact_cpu.yaml)")
-@pytest.mark.xfail(reason="known failure, issue 3 stays open: the bundled model (~1 h of CPU training) is at the "
-                          "copy-first-mask level (J&F 25.2 vs 25.0 on held-out DAVIS)", strict=False)
 def test_bundled_weights_beat_copy_first_on_generated_video() -> None:
     from model.eval.metrics import db_eval_iou
     from model.eval.runner import load_tracker_factory

@@ -87,6 +87,24 @@ def test_foreground_warmup_cannot_copy_the_mask(tmp_path: Path) -> None:
             assert float(direct_a.abs().sum()) == 0.0
 
 
+def test_tracker_preset_is_checked_and_recorded(tmp_path: Path) -> None:
+    recipe = yaml.safe_load(_write_tiny_recipe(tmp_path).read_text())
+    recipe["tracker_preset"] = "fast"
+    path = tmp_path / "bad_preset.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    with pytest.raises(ValueError, match="tracker_preset"):
+        load_config(path)
+    recipe["tracker_preset"] = "lwl_ytvos"
+    path.write_text(yaml.safe_dump(recipe))
+    tr = Trainer(load_config(path), fresh=True, progress=False, log=lambda s: None)
+    from model.checkpoint import read_weights
+
+    # after a box phase the default would be lwl_boxinit (every mask turned into its box)
+    out = tr.export(tmp_path / "w.safetensors", "box")
+    assert read_weights(out).tracker_preset == "lwl_ytvos"
+    assert load_config(CONFIGS / "compact_cpu.yaml").tracker_preset == "lwl_ytvos"
+
+
 def test_unknown_direct_input_is_rejected(tmp_path: Path) -> None:
     recipe = yaml.safe_load(_write_tiny_recipe(tmp_path).read_text())
     recipe["phases"][0]["direct_input"] = "zeros"
