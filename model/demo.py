@@ -33,13 +33,11 @@ def make_video(out: Path, frames: int, seed: int) -> np.ndarray:
 
 
 def mean_iou(pred: np.ndarray, gt: np.ndarray) -> float:
-    """Mean over objects and frames 1.. of the region IoU."""
-    scores = []
-    for oid in [int(v) for v in np.unique(gt[0]) if v]:
-        for p, g in zip(pred[1:], gt[1:], strict=True):
-            union = np.logical_or(p == oid, g == oid).sum()
-            scores.append(1.0 if union == 0 else np.logical_and(p == oid, g == oid).sum() / union)
-    return float(np.mean(scores))
+    """Mean over objects and frames 1.. of the region IoU (the DAVIS J of model.eval.metrics)."""
+    from model.eval.metrics import db_eval_iou
+
+    objects = [int(v) for v in np.unique(gt[0]) if v]
+    return float(np.mean([db_eval_iou(gt[1:] == oid, pred[1:] == oid) for oid in objects]))
 
 
 def overlay_strip(frames_dir: Path, masks_dir: Path, dst: Path, count: int = 6) -> None:

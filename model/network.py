@@ -46,10 +46,14 @@ class LWLNet(nn.Module):
         """Official models keep every BatchNorm in eval mode even while training (spec §7.1)."""
         super().train(mode)
         if mode and not self.cfg.bn_train:
-            for m in self.modules():
-                if isinstance(m, nn.BatchNorm2d):
-                    m.eval()
+            self.freeze_batchnorm()
         return self
+
+    def freeze_batchnorm(self) -> None:
+        """BatchNorm layers use (and keep) their running statistics; their affine parameters still train."""
+        for m in self.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.eval()
 
     # -- building blocks used by the tracker and the trainer --------------------------------------
     def extract_features(self, images: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -270,7 +270,7 @@ class _Target:
 
 def _to_tensor(frame: np.ndarray) -> torch.Tensor:
     """RGB uint8 (H, W, 3) -> float (1, 3, H, W) in 0..255, as the reference's numpy_to_torch."""
-    return torch.from_numpy(np.array(frame, dtype=np.uint8, copy=True)).float().permute(2, 0, 1).unsqueeze(0)
+    return torch.from_numpy(frame.astype(np.float32)).permute(2, 0, 1).unsqueeze(0)  # one copy, always writable
 
 
 class Tracker:

@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from model.config import NetConfig
+from model.config import NetConfig, TrackerParams
 
 
 @dataclass
@@ -105,9 +105,11 @@ def load_config(path: str | Path) -> TrainConfig:
             raise ValueError(f"{path}: phase {ph.name!r} has unknown mode {ph.mode!r}")
         if ph.direct_input not in ("mask", "none"):
             raise ValueError(f"{path}: phase {ph.name!r} has unknown direct_input {ph.direct_input!r}")
-    preset = raw.get("tracker_preset")
-    if preset is not None and preset not in ("lwl_ytvos", "lwl_boxinit"):
-        raise ValueError(f"{path}: unknown tracker_preset {preset!r} (lwl_ytvos or lwl_boxinit)")
+    if raw.get("tracker_preset") is not None:
+        try:
+            TrackerParams.preset(raw["tracker_preset"])
+        except ValueError as exc:
+            raise ValueError(f"{path}: tracker_preset: {exc}") from None
     raw["phases"] = phases
     raw.setdefault("net", {"preset": "compact"})
     return TrainConfig(**raw)

@@ -273,9 +273,7 @@ class Trainer:
             return
         self.net.train()
         if ph.freeze_bn:
-            for m in self.net.modules():
-                if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                    m.eval()
+            self.net.freeze_batchnorm()
 
     def _lr_factor(self, ph: PhaseConfig) -> float:
         return ph.gamma ** sum(1 for m in ph.milestones if self.phase_step >= m)
