@@ -178,6 +178,18 @@ def _answers(msg: dict[str, Any]) -> int:
     return 1 if msg.get("type") in ("result", "error", "skipped") else 0
 
 
+def _job_finished(st: dict[str, Any], job_id: str, end: float, timeout: float) -> bool:
+    """One poll of a job, shared by the sync and async clients: True when done, raises when the job
+    failed (LWLError) or the deadline `end` (time.monotonic) has passed (TimeoutError)."""
+    if st["state"] == "done":
+        return True
+    if st["state"] == "failed":
+        raise LWLError(422, "job_failed", st.get("error") or "job failed")
+    if time.monotonic() > end:
+        raise TimeoutError(f"job {job_id} not done after {timeout} s")
+    return False
+
+
 class Client:
     """Sync SDK over one HTTP connection pool."""
 
@@ -239,12 +251,8 @@ class Client:
                 bar.total = st["frames_total"] or None
                 bar.n = st["frames_done"]
                 bar.refresh()
-                if st["state"] == "done":
+                if _job_finished(st, job_id, end, timeout):
                     return st
-                if st["state"] == "failed":
-                    raise LWLError(422, "job_failed", st.get("error") or "job failed")
-                if time.monotonic() > end:
-                    raise TimeoutError(f"job {job_id} not done after {timeout} s")
                 time.sleep(poll_s)
 
     def download(self, job_id: str, dest: str | Path, format: str = "png") -> Path:  # noqa: A002
@@ -360,12 +368,8 @@ class AsyncClient:
         end = time.monotonic() + timeout
         while True:
             st = await self.job(job_id)
-            if st["state"] == "done":
+            if _job_finished(st, job_id, end, timeout):
                 return st
-            if st["state"] == "failed":
-                raise LWLError(422, "job_failed", st.get("error") or "job failed")
-            if time.monotonic() > end:
-                raise TimeoutError(f"job {job_id} not done after {timeout} s")
             await asyncio.sleep(poll_s)
 
     async def download(self, job_id: str, dest: str | Path, format: str = "png") -> Path:  # noqa: A002
