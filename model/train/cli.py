@@ -41,7 +41,11 @@ def run(args: argparse.Namespace) -> int:
         cfg.init_weights = args.init_weights
     trainer = Trainer(cfg, fresh=args.fresh, max_minutes=args.max_minutes, max_steps=args.max_steps,
                       progress=not args.no_progress, log=lambda s: print(s, flush=True))
-    trainer.run()
+    try:
+        trainer.run()
+    except KeyboardInterrupt:
+        print(f"aborted by a second signal; resume from the last checkpoint in {cfg.out_dir}", flush=True)
+        return 130
     return 0
 
 

@@ -14,7 +14,11 @@ from __future__ import annotations
 import json
 import os
 import random
+import signal
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -121,6 +125,35 @@ def batch_iou(logits: torch.Tensor, masks: torch.Tensor) -> float:
     union = (pred | gt).flatten(2).sum(-1).float()
     iou = torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
     return float(iou.mean())
+
+
+class StopRequest:
+    """Set by SIGINT/SIGTERM while a run is active: the loop finishes its step, checkpoints and
+    returns, so Ctrl-C or `kill` (or a container stop) never loses the steps since the last save.
+    A second signal aborts at once."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+
+    def __bool__(self) -> bool:
+        return self.signal is not None
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signal is not None:
+            raise KeyboardInterrupt
+        self.signal = signum
+
+    @contextmanager
+    def installed(self) -> Iterator[StopRequest]:
+        if threading.current_thread() is not threading.main_thread():
+            yield self  # signal handlers can only be set from the main thread
+            return
+        old = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield self
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
 
 
 class Trainer:
@@ -393,6 +426,11 @@ class Trainer:
         return rec
 
     def run(self) -> Path:
+        """Train until every phase is done or a limit/signal stops it; the state is saved either way."""
+        with StopRequest().installed() as stop_request:
+            return self._run(stop_request)
+
+    def _run(self, stop_request: StopRequest) -> Path:
         from tqdm import tqdm
 
         cfg = self.cfg
@@ -461,6 +499,11 @@ class Trainer:
                     last_ckpt = time.time()
                 if (self.max_steps is not None and steps_run >= self.max_steps) or (
                         self.max_minutes is not None and now - t_start > self.max_minutes * 60):
+                    stop = True
+                    break
+                if stop_request:
+                    self.log(f"signal {stop_request.signal} received: saving the state at global step "
+                             f"{self.global_step} (send it again to abort without saving)")
                     stop = True
                     break
             if self.phase_step >= ph.steps:

@@ -210,3 +210,41 @@ def test_freeze_bn_keeps_running_statistics_through_training_and_validation(tmp_
     assert bns[0].weight.grad is not None  # the affine part still trains
     tr._set_mode(cfg.phases[0])
     assert all(m.training for m in bns)
+
+
+def test_sigterm_saves_the_state_and_the_run_resumes_from_it(tmp_path: Path) -> None:
+    """`kill` (or Ctrl-C, or a container stop) ends `lwl train` cleanly: the current step finishes,
+    last.pt holds every step taken, and the next run continues from there."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    recipe = yaml.safe_load(_write_tiny_recipe(tmp_path).read_text())
+    recipe["phases"][0]["steps"] = 10_000  # far more than the test waits for
+    recipe["checkpoint_minutes"] = 1000  # no periodic checkpoint: only the signal can save
+    path = tmp_path / "long.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "model.train.cli", "train", str(path), "--no-progress"],
+                            cwd=Path(__file__).resolve().parents[2], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 2):
+            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+            assert time.monotonic() < deadline, "no training steps logged"
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, out
+    assert "signal" in out and "paused" in out and "Traceback" not in out
+    steps_logged = [json.loads(ln)["step"] for ln in metrics.read_text().splitlines()]
+    resumed = Trainer(load_config(path), progress=False, log=lambda s: None)
+    assert resumed.global_step == steps_logged[-1] >= 2
+    assert resumed.phase_idx == 0 and resumed.phase_step == resumed.global_step
