@@ -117,7 +117,10 @@ class Worker:
 
     def _load_model(self) -> Any:
         from model.api import load_model
+        from model.threads import set_cpu_threads
 
+        threads = set_cpu_threads(self.s.torch_threads)
+        log.info("torch cpu threads", extra={"worker_id": self.id, "threads": threads})
         dev = None if self.s.device in ("", "auto") else self.s.device
         return load_model(weights=self.s.weights or None, device=dev)
 

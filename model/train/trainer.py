@@ -30,6 +30,7 @@ from torch import nn
 
 from model.config import NetConfig
 from model.network import LWLNet, build_network
+from model.threads import available_cpus
 from model.train.ablation import apply_ablation
 from model.train.config import PhaseConfig, TrainConfig
 from model.train.datasets import (
@@ -531,7 +532,7 @@ class Trainer:
 def adapt_threads(busy_self: int) -> int:
     """Use only the cores other processes leave free: on a shared 2-core machine two OpenMP threads
     competing with another busy process ran 2.4x slower than one thread (measured)."""
-    ncpu = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    ncpu = available_cpus()
     try:
         others = max(0.0, os.getloadavg()[0] - busy_self)
     except OSError:
