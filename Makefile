@@ -4,7 +4,7 @@ VENV    ?= .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 
-.PHONY: install demo test lint lint-deploy bench clean
+.PHONY: install demo test lint lint-deploy bench clean train-default
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -23,6 +23,12 @@ demo: $(STAMP)
 test: $(STAMP)
 	bash .ci/ensure-redis.sh
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -rs
+
+## train-default: retrain the bundled model from random weights on ../shared/data/davis2016-train
+## (CPU hours; rerun to resume). Writes model/weights/default.safetensors when both recipes finish.
+train-default: $(STAMP)
+	$(BIN)/lwl train model/train/configs/compact_cpu.yaml
+	$(BIN)/lwl train model/train/configs/compact_cpu_finetune.yaml
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

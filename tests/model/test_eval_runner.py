@@ -94,7 +94,7 @@ def test_cli_parser_registers_eval() -> None:
 
 
 @pytest.mark.skipif(not DEFAULT_WEIGHTS.exists(), reason="bundled weights model/weights/default.safetensors "
-                                                          "not trained yet (lwl train compact_cpu.yaml)")
+                                                          "not trained yet (make train-default)")
 def test_bundled_weights_beat_copy_first_on_generated_video() -> None:
     from model.eval.metrics import db_eval_iou
     from model.eval.runner import load_tracker_factory
