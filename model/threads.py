@@ -40,10 +40,11 @@ def available_cpus(root: Path = CGROUP_ROOT) -> int:
 
 
 def set_cpu_threads(n: int = 0) -> int:
-    """Set torch's intra-op threads to `n`, or with 0 to `available_cpus()`; returns the number set."""
+    """Set torch's intra-op threads to `n`; with 0 cap torch's own choice (its default, or what
+    OMP_NUM_THREADS asked for) at `available_cpus()`. Returns the number in use."""
     import torch
 
-    n = n if n > 0 else available_cpus()
+    n = n if n > 0 else min(torch.get_num_threads(), available_cpus())
     if n != torch.get_num_threads():
         torch.set_num_threads(n)
     return n

@@ -39,7 +39,7 @@ class Settings(BaseSettings):
     key_prefix: str = "lwl"
     request_timeout_s: float = Field(120, gt=0)
     snapshot_every: int = Field(8, ge=1)
-    torch_threads: int = Field(0, ge=0)  # 0 = the cores the container may use (cgroup quota)
+    torch_threads: int = Field(0, ge=0)  # 0 = torch's choice, capped at the cores allowed
 
     @property
     def max_upload_bytes(self) -> int:

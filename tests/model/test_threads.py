@@ -39,6 +39,9 @@ def test_set_cpu_threads() -> None:
     before = torch.get_num_threads()
     try:
         assert set_cpu_threads(1) == 1 and torch.get_num_threads() == 1
+        torch.set_num_threads(64)  # torch's default on a big host, whatever the container may use
         assert set_cpu_threads(0) == available_cpus() == torch.get_num_threads()
+        torch.set_num_threads(1)  # OMP_NUM_THREADS=1: an explicit smaller choice is kept
+        assert set_cpu_threads(0) == 1
     finally:
         torch.set_num_threads(before)
