@@ -30,7 +30,7 @@ from torch import nn
 
 from model.config import NetConfig
 from model.network import LWLNet, build_network
-from model.threads import available_cpus
+from model.threads import available_cpus, set_cpu_threads
 from model.train.ablation import apply_ablation
 from model.train.config import PhaseConfig, TrainConfig
 from model.train.datasets import (
@@ -168,7 +168,7 @@ class Trainer:
         self.device = resolve_device(cfg.device)
         self.adaptive_threads = cfg.threads == 0 and self.device.type == "cpu"
         if cfg.threads:
-            torch.set_num_threads(cfg.threads)
+            set_cpu_threads(cfg.threads)
         elif self.adaptive_threads:
             adapt_threads(busy_self=0)
         self.max_minutes = max_minutes
@@ -446,7 +446,7 @@ class Trainer:
         stop = False
         steps_run = 0
         export_path = Path(cfg.export_to) if cfg.export_to else self.out / "model.safetensors"
-        while self.phase_idx < len(cfg.phases) and not stop:
+        while self.phase_idx < len(cfg.phases) and not stop and not stop_request:
             ph = cfg.phases[self.phase_idx]
             sampler, proc = self._phase_objects(ph)
             self._set_mode(ph)
@@ -537,10 +537,7 @@ def adapt_threads(busy_self: int) -> int:
         others = max(0.0, os.getloadavg()[0] - busy_self)
     except OSError:
         others = 0.0
-    n = int(min(ncpu, max(1, round(ncpu - others))))
-    if n != torch.get_num_threads():
-        torch.set_num_threads(n)
-    return n
+    return set_cpu_threads(int(min(ncpu, max(1, round(ncpu - others)))))
 
 
 def save_weights(path: Path, sd: dict[str, torch.Tensor], cfg: NetConfig, preset: str,
