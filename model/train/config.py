@@ -82,15 +82,40 @@ class TrainConfig:
         return NetConfig.from_dict(merged)
 
 
-def load_config(path: str | Path) -> TrainConfig:
-    """Parse a recipe; unknown keys are errors so typos do not silently change training."""
-    raw = yaml.safe_load(Path(path).read_text())
+# What a recipe must say itself even when it names a `base`: what it trains and where it writes.
+# Inheriting these would resume the base's checkpoint or overwrite its export.
+OWN_KEYS = frozenset({"name", "description", "out_dir", "init_weights", "init_backbone", "export_to",
+                      "phases"})
+
+
+def read_recipe(path: str | Path, _seen: frozenset[Path] = frozenset()) -> dict[str, Any]:
+    """The recipe's mapping with its `base` (a recipe path relative to this file) merged in: the
+    base supplies the shared settings (network, data, validation split, cadence), so a follow-up
+    recipe cannot drift from them; top-level keys of the recipe replace the base's."""
+    path = Path(path).resolve()
+    if path in _seen:
+        raise ValueError(f"{path}: recipe bases form a cycle")
+    raw = yaml.safe_load(path.read_text())
     if not isinstance(raw, dict):
         raise ValueError(f"{path}: not a mapping")
+    base_name = raw.pop("base", None)
+    if base_name is None:
+        return raw
+    base = read_recipe(path.parent / base_name, _seen | {path})
+    shared = {k: v for k, v in base.items() if k not in OWN_KEYS}
+    return {**shared, **raw}
+
+
+def load_config(path: str | Path) -> TrainConfig:
+    """Parse a recipe; unknown keys are errors so typos do not silently change training."""
+    raw = read_recipe(path)
     known = {f.name for f in fields(TrainConfig)}
     unknown = set(raw) - known
     if unknown:
         raise ValueError(f"{path}: unknown keys {sorted(unknown)}")
+    missing = {"name", "out_dir"} - set(raw)
+    if missing:
+        raise ValueError(f"{path}: missing keys {sorted(missing)} (a base recipe never supplies them)")
     phase_known = {f.name for f in fields(PhaseConfig)}
     phases = []
     for p in raw.get("phases", []):

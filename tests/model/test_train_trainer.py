@@ -140,6 +140,37 @@ def test_all_shipped_configs_parse() -> None:
     assert isinstance(cc.phases[0], PhaseConfig)
 
 
+def test_recipe_base_shares_settings_but_not_outputs(tmp_path: Path) -> None:
+    base = yaml.safe_load(_write_tiny_recipe(tmp_path).read_text())
+    (tmp_path / "child.yaml").write_text(yaml.safe_dump({
+        "base": "tiny.yaml", "name": "child", "out_dir": str(tmp_path / "child"), "seed": 7,
+        "phases": [{"name": "more", "mode": "sequence", "steps": 1, "batch_size": 1, "lr": {"": 1e-4}}],
+    }))
+    cfg = load_config(tmp_path / "child.yaml")
+    assert cfg.data == base["data"] and cfg.net == base["net"] and cfg.threads == base["threads"]
+    assert cfg.seed == 7 and [p.name for p in cfg.phases] == ["more"]
+    assert cfg.export_to is None  # never inherited: the child must not overwrite the base's export
+
+
+def test_recipe_base_without_out_dir_or_with_cycle_is_rejected(tmp_path: Path) -> None:
+    _write_tiny_recipe(tmp_path)
+    (tmp_path / "child.yaml").write_text(yaml.safe_dump({"base": "tiny.yaml", "name": "child"}))
+    with pytest.raises(ValueError, match="out_dir"):
+        load_config(tmp_path / "child.yaml")
+    (tmp_path / "a.yaml").write_text(yaml.safe_dump({"base": "b.yaml", "name": "a"}))
+    (tmp_path / "b.yaml").write_text(yaml.safe_dump({"base": "a.yaml", "name": "b"}))
+    with pytest.raises(ValueError, match="cycle"):
+        load_config(tmp_path / "a.yaml")
+
+
+def test_compact_recipes_share_the_held_out_split() -> None:
+    first = load_config(CONFIGS / "compact_cpu.yaml")
+    for name in ("compact_cpu_finetune.yaml", "compact_cpu_ablation.yaml"):
+        cfg = load_config(CONFIGS / name)
+        assert cfg.data == first.data and cfg.validation == first.validation
+        assert cfg.out_dir != first.out_dir
+
+
 def _write_tiny_recipe(tmp_path: Path) -> Path:
     recipe = {
         "name": "tiny", "out_dir": str(tmp_path / "run"), "threads": 2, "log_every": 1,
