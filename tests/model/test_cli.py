@@ -108,3 +108,19 @@ def test_bad_weights_file(clip: Path, tmp_path: Path) -> None:
     assert r.returncode == 2 and "bad.pth" in r.stderr and "Traceback" not in r.stderr
     r = lwl("convert", str(bad), str(tmp_path / "x"))
     assert r.returncode == 2 and "bad.pth" in r.stderr
+
+
+@pytest.mark.parametrize("recipe,message", [
+    ("name: x\nout_dir: OUT\nbogus: 1\nphases: []\n", "unknown keys ['bogus']"),
+    (None, "No such file"),
+    ("name: x\nout_dir: OUT\ninit_backbone: pypi:nope\nnet: {preset: compact}\n"
+     "phases: [{name: s, mode: single, steps: 1, lr: {decoder: 1.0e-3}}]\n", "unknown pretrained backbone"),
+])
+def test_train_recipe_errors_are_one_line(tmp_path: Path, recipe: str | None, message: str) -> None:
+    path = tmp_path / "recipe.yaml"
+    if recipe is not None:
+        path.write_text(recipe.replace("OUT", str(tmp_path / "run")))
+    r = lwl("train", str(path), "--no-progress")
+    assert r.returncode == 2, r.stderr
+    assert message in r.stderr and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
