@@ -25,10 +25,11 @@ test: $(STAMP)
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -rs
 
 ## train-default: retrain the bundled model (ImageNet EfficientNet-Lite0 backbone, frozen) on
-## ../shared/data/davis2016-train (about an hour of CPU; rerun to resume). Writes
-## model/weights/default.safetensors when the recipe finishes.
+## ../shared/data/davis2016-train (about 1.5 h of CPU; rerun to resume). Writes
+## model/weights/default.safetensors when each recipe finishes (the second refits the box encoder).
 train-default: $(STAMP)
 	$(BIN)/lwl train model/train/configs/compact_lite0.yaml
+	$(BIN)/lwl train model/train/configs/compact_lite0_box.yaml
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

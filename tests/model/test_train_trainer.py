@@ -166,7 +166,7 @@ def test_recipe_base_without_out_dir_or_with_cycle_is_rejected(tmp_path: Path) -
 def test_compact_recipes_share_the_held_out_split() -> None:
     first = load_config(CONFIGS / "compact_cpu.yaml")
     for name in ("compact_cpu_finetune.yaml", "compact_cpu_ablation.yaml", "compact_lite0.yaml",
-                 "compact_lite0_ablation.yaml"):
+                 "compact_lite0_ablation.yaml", "compact_lite0_box.yaml"):
         cfg = load_config(CONFIGS / name)
         assert cfg.data == first.data and cfg.validation == first.validation
         assert cfg.out_dir != first.out_dir
@@ -182,6 +182,9 @@ def test_bundled_recipe_starts_from_the_packaged_imagenet_backbone() -> None:
     ablation = load_config(CONFIGS / "compact_lite0_ablation.yaml")
     assert ablation.net_config() == net and ablation.net["ablation"] == "raw_labels"
     assert ablation.export_to is None
+    box = load_config(CONFIGS / "compact_lite0_box.yaml")  # refits only B, onto the bundled file
+    assert box.net_config() == net and box.export_to == cfg.export_to
+    assert [list(ph.lr) for ph in box.phases] == [["box_label_encoder"]]
 
 
 def _write_tiny_recipe(tmp_path: Path) -> Path:
