@@ -130,7 +130,8 @@ def test_sigterm_drains_worker_and_session_moves(cluster_factory, clip, weights,
     assert [_labels_png(m) for m in s.stream(frames[1:2])] == ref[1:2]
     owner = s.worker_id
     other = "w2" if owner == "w1" else "w1"
-    assert procs[owner].stop(signal.SIGTERM) == 0  # drains (1 s), snapshots the session, leaves the registry
+    rc = procs[owner].stop(signal.SIGTERM)  # drains (1 s), snapshots the session, leaves the registry
+    assert rc == 0, f"worker exit status {rc} (-9: still running 20 s after SIGTERM):\n{procs[owner].logs()[-3000:]}"
     assert owner not in _workers(c)
     out = list(s.stream(frames[2:4]))
     assert [m["worker_id"] for m in out] == [other, other]
