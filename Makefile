@@ -19,9 +19,10 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python -m model.demo --out demo-out
 
-## test: the whole suite (starts Redis when none is running)
+## test: the whole suite (starts Redis when none is running, installs Debian Chromium when missing)
 test: $(STAMP)
 	bash .ci/ensure-redis.sh
+	bash .ci/ensure-browser.sh
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -rs
 
 ## train-default: retrain the bundled model (ImageNet EfficientNet-Lite0 backbone, frozen) on
