@@ -29,11 +29,20 @@ from PIL import Image
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from model.errors import InputError
-from service import obs
+from service import __version__, obs
 from service.backends import MemoryBackend, RedisBackend
 from service.codec import pack
-from service.schemas import ErrorBody, FrameResultOut, JobCreated, JobStatus, SessionCreated, SessionInfo
+from service.schemas import (
+    ErrorBody,
+    FrameResultOut,
+    JobCreated,
+    JobStatus,
+    ServiceInfo,
+    SessionCreated,
+    SessionInfo,
+)
 from service.settings import Settings, parse_crop
+from service.web import mount_web
 
 log = logging.getLogger("lwl.api")
 
@@ -257,7 +266,7 @@ def create_app(settings: Settings, backend: RedisBackend | MemoryBackend, worker
             await worker.stop()
         await backend.close()
 
-    app = FastAPI(title="lwl-vos", version="0.1.0", lifespan=lifespan,
+    app = FastAPI(title="lwl-vos", version=__version__, lifespan=lifespan,
                   description="Video object segmentation (LWL): live sessions over REST/WebSocket, "
                   "video jobs. "
                   "See docs/API.md for the WebSocket protocol.")
@@ -319,6 +328,26 @@ def create_app(settings: Settings, backend: RedisBackend | MemoryBackend, worker
         if worker is None:
             obs.ACTIVE_SESSIONS.set(len(await backend.session_ids()))
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/v1/info", tags=["ops"], response_model=ServiceInfo)
+    async def info() -> dict[str, Any]:
+        """What a client needs before it starts: the models live workers serve (and whether boxes can
+        start objects), this deployment's limits, and the palette of the label PNGs."""
+        from model.media import DAVIS_PALETTE  # numpy + Pillow only
+
+        models: dict[str, dict[str, Any]] = {}
+        for w in await backend.live_workers():
+            m = models.setdefault(w.get("model", ""), {"name": w.get("model", ""), "workers": 0, "free": 0,
+                                                      "box_init": bool(w.get("box_init")),
+                                                      "crop_size": w.get("crop_size", "")})
+            m["workers"] += 1
+            m["free"] += int(w.get("free", 0))
+        return {"version": __version__, "models": list(models.values()),
+                "limits": {"max_upload_bytes": settings.max_upload_bytes,
+                           "max_frame_pixels": settings.max_frame_pixels,
+                           "max_inflight_frames": settings.max_inflight_frames,
+                           "session_ttl_s": settings.session_ttl_s},
+                "palette": DAVIS_PALETTE.tolist()}
 
     @app.get("/v1/workers", tags=["ops"])
     async def workers() -> list[dict[str, Any]]:
@@ -554,6 +583,8 @@ def create_app(settings: Settings, backend: RedisBackend | MemoryBackend, worker
                      mode: str = "all", max_inflight: int | None = None) -> None:
         await StreamHandler(svc, ws, sid).run(token, format, mode, max_inflight)
 
+    if settings.web_ui:
+        mount_web(app, settings.web_frame_ancestors)
     return app
 
 

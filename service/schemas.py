@@ -99,3 +99,34 @@ class WorkerInfo(BaseModel):
     device: str
     model: str
     draining: bool
+    box_init: bool = Field(False, description="the model has a box encoder: boxes can start objects")
+    crop_size: str = Field("", description="the model's default crop HxW")
+
+
+class ModelInfo(BaseModel):
+    """A model that live workers serve, and what it can do."""
+
+    name: str
+    box_init: bool = Field(description="boxes can start objects (the model has a box encoder)")
+    crop_size: str = Field(description="default network crop HxW")
+    workers: int = Field(description="live workers serving it")
+    free: int = Field(description="session slots free on those workers")
+
+
+class Limits(BaseModel):
+    """What one client may send (settings of this deployment)."""
+
+    max_upload_bytes: int
+    max_frame_pixels: int
+    max_inflight_frames: int
+    session_ttl_s: float
+
+
+class ServiceInfo(BaseModel):
+    """What a client (the web page) needs before it starts: models, limits, colours."""
+
+    version: str
+    models: list[ModelInfo]
+    limits: Limits
+    palette: list[list[int]] = Field(description="256 RGB colours: object id -> colour (the DAVIS palette "
+                                     "of every label PNG)")

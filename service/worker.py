@@ -163,6 +163,8 @@ class Worker:
             "free": 0 if self.draining else max(0, self.s.max_sessions_per_worker - n),
             "memory_bytes": obs.device_memory_bytes(), "device": self.device,
             "model": getattr(self.model, "name", ""), "draining": self.draining,
+            "box_init": bool(getattr(self.model, "has_box_encoder", False)),
+            "crop_size": "x".join(str(v) for v in getattr(self.model, "default_crop_size", ())),
             "jobs_running": self.running_jobs, "started": self.started, "ts": time.time(),
         }
 

@@ -1,0 +1,732 @@
+// The page's controller: sources -> editor -> session -> stream -> view, the status line, messages,
+// keyboard shortcuts and URL parameters (docs/WEB.md). It holds the session token in memory only.
+
+import * as api from "./api.js";
+import { Editor } from "./editor.js";
+import { JobPanel } from "./jobs.js";
+import { cssColour, decodeLabelPng, encodeLabelPng, idsIn, labelsFromImage, setPalette } from "./labels.js";
+import { CameraSource, ImagesSource, VideoFileSource, encodeFrame, snapshot } from "./sources.js";
+import { View } from "./view.js";
+
+const $ = (id) => document.getElementById(id);
+const params = new URLSearchParams(location.search);
+const STALL_MS = 20000;
+
+const view = new View($("view"));
+const editor = new Editor();
+const jobs = new JobPanel((err) => showMessage(api.describeError(err)));
+
+const S = {
+  info: null,
+  boxInit: false,
+  source: null,
+  frozen: false,        // camera: the preview is stopped on `still` for drawing
+  still: null,          // {bitmap, blob}: the frame on screen that edits apply to
+  labels: null,         // the label map on screen (of `still`)
+  phase: "idle",        // idle | preview | starting | streaming | pausing | paused | finishing | done
+  session: null,        // {id, token, wsUrl}
+  objects: new Map(),   // tracked id -> {score, box}
+  stream: null,
+  inflight: new Map(),  // frame id -> {bitmap, t}
+  nextId: 0,
+  sourceDone: false,
+  pumping: false,
+  grabbing: false,
+  answers: Promise.resolve(),
+  counts: { sent: 0, answered: 0, skipped: 0, errors: 0 },
+  answerTimes: [],
+  lastAnswerAt: 0,
+  latency: null,
+  compute: null,
+  frameIndex: null,
+  tags: [],             // object numbers drawn at their boxes
+  record: params.get("record") === "1",
+  results: [],
+  sent: [],
+};
+
+// ---------------------------------------------------------------- messages and status
+
+function showMessage(text, kind = "error", actions = []) {
+  const box = $("message");
+  box.className = kind === "info" ? "message info" : "message";
+  $("message-text").textContent = text;
+  $("message-actions").replaceChildren(...actions.map(({ label, run }) => {
+    const b = document.createElement("button");
+    b.textContent = label;
+    b.addEventListener("click", () => { hideMessage(); run(); });
+    return b;
+  }));
+  box.hidden = false;
+  box.dataset.kind = kind;
+}
+
+function hideMessage() { $("message").hidden = true; }
+
+function setPhase(phase) {
+  S.phase = phase;
+  const live = ["starting", "streaming", "pausing", "paused", "finishing"].includes(phase);
+  $("st-state").textContent = phase === "preview" && S.frozen ? "frozen: draw objects" : phase;
+  $("btn-start").disabled = !S.source || live || !!S.session;
+  $("btn-pause").disabled = !["streaming", "paused"].includes(phase);
+  $("btn-pause").textContent = phase === "paused" ? "Resume" : "Pause";
+  $("btn-stop").disabled = !S.session;
+  $("btn-apply").disabled = !(phase === "paused" || phase === "done");
+  $("btn-job").hidden = !(S.source && S.source.kind === "file");
+  $("btn-job").disabled = live;
+  $("placeholder").hidden = phase !== "idle";
+  document.body.dataset.phase = phase;
+}
+
+function updateStatus() {
+  const now = performance.now();
+  S.answerTimes = S.answerTimes.filter((t) => now - t < 3000);
+  const fps = S.answerTimes.length > 1 ? (S.answerTimes.length - 1) / ((S.answerTimes.at(-1) - S.answerTimes[0]) / 1000) : 0;
+  $("st-sent").textContent = S.counts.sent;
+  $("st-answered").textContent = S.counts.answered;
+  $("st-skipped").textContent = S.counts.skipped;
+  $("st-fps").textContent = (Number.isFinite(fps) ? fps : 0).toFixed(1);
+  $("st-latency").textContent = S.latency == null ? "–" : S.latency.toFixed(0);
+  $("st-compute").textContent = S.compute == null ? "–" : S.compute.toFixed(0);
+  $("st-frame").textContent = S.frameIndex == null ? "–" : S.frameIndex;
+  if (S.phase === "streaming" && S.inflight.size && now - S.lastAnswerAt > STALL_MS && !S.stallShown) {
+    S.stallShown = true;
+    showMessage(`no answer from the service for ${STALL_MS / 1000} s (${S.inflight.size} frames waiting)`, "error",
+      [{ label: "Reconnect", run: reconnect }, { label: "Restart session", run: restart }]);
+  }
+}
+
+// ---------------------------------------------------------------- drawing and the object list
+
+function draw(extra = {}) {
+  const editing = S.phase === "paused" || S.phase === "done" || !S.session;
+  const labels = editing ? editor.labels : S.labels;
+  const boxes = editor.drag ? { ...editor.boxes, [editor.active]: editor.dragBox() } : editor.boxes;
+  view.render(S.still && S.still.bitmap, labels, editing ? boxes : {},
+    { dashed: true, tags: editing ? [] : S.tags, ...extra });
+}
+
+function trackedIds() { return [...S.objects.keys()].sort((a, b) => a - b); }
+
+function renderObjects() {
+  const pending = editor.ready ? editor.edits(trackedIds()) : { painted: [], boxed: [], corrected: [] };
+  const ids = new Set([...trackedIds(), ...pending.painted, ...pending.boxed, editor.active]);
+  const items = [...ids].sort((a, b) => a - b).map((id) => {
+    const li = document.createElement("li");
+    li.dataset.id = id;
+    li.className = id === editor.active ? "selected" : "";
+    const sw = document.createElement("span");
+    sw.className = "swatch";
+    sw.style.background = cssColour(id);
+    const num = document.createElement("span");
+    num.className = "num";
+    num.textContent = `#${id}`;
+    const st = document.createElement("span");
+    const o = S.objects.get(id);
+    if (o) {
+      const lost = o.box == null;
+      st.className = lost ? "score lost" : "score";
+      st.textContent = lost ? "lost" : `score ${o.score.toFixed(2)}`;
+      if (pending.corrected.includes(id)) st.textContent += " · edited";
+    } else {
+      st.className = "score pending";
+      st.textContent = pending.boxed.includes(id) ? "new (box)" : pending.painted.includes(id) ? "new (mask)" : "selected: draw it";
+    }
+    const rm = document.createElement("button");
+    rm.className = "ghost";
+    rm.textContent = "✕";
+    rm.title = "Remove this object (Delete)";
+    rm.addEventListener("click", (ev) => { ev.stopPropagation(); removeObject(id); });
+    li.append(sw, num, st, rm);
+    li.addEventListener("click", () => selectObject(id));
+    return li;
+  });
+  $("objects").replaceChildren(...items);
+}
+
+function selectObject(id) {
+  if (id < 1 || id > 254) return;
+  editor.active = id;
+  renderObjects();
+}
+
+function newObject() {
+  const used = [...trackedIds(), ...idsIn(editor.labels), ...Object.keys(editor.boxes).map(Number)];
+  const id = used.length ? Math.max(...used) + 1 : 1;
+  if (id > 254) return showMessage("at most 254 objects");
+  selectObject(id);
+}
+
+function setTool(tool) {
+  if (tool === "box" && !S.boxInit) {
+    return showMessage("this model has no box encoder: paint a mask with the brush instead", "info");
+  }
+  editor.tool = tool;
+  for (const b of document.querySelectorAll("[data-tool]")) b.setAttribute("aria-pressed", String(b.dataset.tool === tool));
+}
+
+// ---------------------------------------------------------------- sources
+
+async function openSource(src) {
+  await stopSession();
+  if (S.source) S.source.close();
+  S.source = null;
+  S.still = null;
+  S.frozen = false;
+  jobs.show(false);
+  setPhase("idle");
+  try {
+    await src.open();
+  } catch (err) {
+    showMessage(api.describeError(err), "error", src.kind === "camera" ? [{ label: "Retry camera", run: openCamera }] : []);
+    return false;
+  }
+  hideMessage();
+  S.source = src;
+  editor.reset(src.width, src.height);
+  S.labels = null;
+  if (src.kind === "camera") {
+    S.still = await src.grab(quality());
+    src.watch(onCameraFrame);
+  } else {
+    S.still = await src.next(quality());
+    S.frameIndex = 0;
+  }
+  setPhase("preview");
+  renderObjects();
+  draw();
+  return true;
+}
+
+function openCamera() { return openSource(new CameraSource($("video"))); }
+
+async function onCameraFrame() {
+  if (S.grabbing) return;
+  if (S.phase === "preview" && !S.frozen) {
+    S.grabbing = true;
+    try {
+      const bitmap = snapshot($("video"));
+      if (S.still && S.still.bitmap) S.still.bitmap.close();
+      S.still = { bitmap, blob: null };
+      draw();
+    } finally {
+      S.grabbing = false;
+    }
+  } else if (S.phase === "streaming" && S.inflight.size <= maxInflight()) {
+    // mode=latest: one frame more than the server runs at once, so it always holds the newest
+    S.grabbing = true;
+    try {
+      await sendFrame(await S.source.grab(quality()));
+    } catch (err) {
+      console.warn("frame not sent:", err.message);
+    } finally {
+      S.grabbing = false;
+    }
+  }
+}
+
+/** Camera: keep the current picture still so objects can be drawn on it. */
+async function freeze() {
+  if (!S.source || S.source.kind !== "camera" || S.frozen) return;
+  S.frozen = true;
+  if (!S.still || !S.still.blob) S.still = await S.source.grab(quality());
+  setPhase(S.phase);
+}
+
+// ---------------------------------------------------------------- session
+
+const quality = () => Math.min(1, Math.max(0.3, Number($("quality").value) || 0.9));
+/** Frames at the service at once: 1 for a camera (least lag; the service also holds the newest one), 4 for
+ * files (the worker never waits for the next frame); at most what the service allows. */
+function maxInflight() {
+  const cap = S.info ? S.info.limits.max_inflight_frames : 16;
+  const auto = S.source && S.source.kind === "camera" ? 1 : 4;
+  return Math.min(cap, Math.max(1, Math.round(Number($("max-inflight").value) || auto)));
+}
+const streamMode = () => params.get("mode") || (S.source ? S.source.mode : "all");
+
+async function start() {
+  if (!S.source || !S.still) return showMessage("choose a source first: camera, video file or images", "info");
+  if (S.session) return;
+  if (S.source.kind === "camera") await freeze();
+  const { painted, boxed } = editor.edits([]);
+  if (!painted.length && !boxed.length) {
+    return showMessage(S.boxInit ? "drag a box or paint a mask on the frame first" : "paint a mask on the frame first", "info");
+  }
+  setPhase("starting");
+  try {
+    const mask = painted.length ? await encodeLabelPng(editor.only(painted), editor.width, editor.height) : null;
+    const boxes = Object.fromEntries(boxed.map((id) => [id, editor.boxes[id]]));
+    const created = await api.createSession(S.still.blob, mask, boxes, $("crop").value.trim());
+    S.session = { id: created.session_id, token: created.token, wsUrl: created.ws_url };
+    S.objects.clear();
+    S.counts = { sent: 0, answered: 0, skipped: 0, errors: 0 };
+    S.results.length = 0;
+    S.sent.length = 0;
+    if (S.record) S.sent.push({ id: 0, blob: S.still.blob, mask, boxes });
+    S.sourceDone = false;
+    S.frameIndex = created.result.frame_index;
+    await showResult(S.still.bitmap, created.result);
+    editor.reset(editor.width, editor.height);
+    openStream();
+  } catch (err) {
+    S.session = null;
+    setPhase("preview");
+    showMessage(`the session did not start: ${api.describeError(err)}`, "error", [{ label: "Retry", run: start }]);
+  }
+}
+
+function openStream() {
+  S.inflight.clear();
+  S.stallShown = false;
+  const url = api.streamUrl(S.session.wsUrl, { mode: streamMode(), format: "png", max_inflight: maxInflight() });
+  S.stream = new api.Stream(url, S.session.token, {
+    onReady: () => { setPhase("streaming"); S.lastAnswerAt = performance.now(); pump(); },
+    onAnswer: (msg) => { S.answers = S.answers.then(() => onAnswer(msg)).catch((e) => console.error(e)); },
+    onClose: (code, reason, byUs) => { S.answers = S.answers.then(() => onClose(code, reason, byUs)); },
+  });
+  setPhase("starting");
+}
+
+async function sendFrame(frame) {
+  const id = ++S.nextId;
+  S.inflight.set(id, { bitmap: frame.bitmap, t: performance.now() });
+  S.counts.sent += 1;
+  if (S.record) S.sent.push({ id, blob: frame.blob });
+  await S.stream.send(id, frame.blob);
+}
+
+/** Files and images: keep up to max_inflight frames at the service, in order, until the last one. */
+async function pump() {
+  if (S.pumping || !S.source || S.source.kind === "camera") return;
+  S.pumping = true;
+  try {
+    while (S.phase === "streaming" && !S.sourceDone && S.inflight.size < maxInflight()) {
+      const frame = await S.source.next(quality());
+      if (S.phase !== "streaming") {
+        S.pendingFrame = frame; // paused while decoding: send it on resume
+        break;
+      }
+      if (!frame) {
+        S.sourceDone = true;
+        setPhase("finishing");
+        S.stream.finish();
+        break;
+      }
+      await sendFrame(frame);
+    }
+  } catch (err) {
+    showMessage(`reading the source failed: ${api.describeError(err)}`);
+  } finally {
+    S.pumping = false;
+  }
+}
+
+async function showResult(bitmap, result) {
+  const { labels } = await decodeLabelPng(api.base64ToBytes(result.labels));
+  if (S.still && S.still.bitmap && S.still.bitmap !== bitmap) S.still.bitmap.close();
+  S.still = { bitmap, blob: null };
+  S.labels = labels;
+  S.objects = new Map(result.objects.map((o) => [o.id, { score: o.score, box: o.box }]));
+  S.frameIndex = result.frame_index;
+  if (S.record) S.results.push({ seq: result.seq, frame_index: result.frame_index, labels: result.labels, id: result.id,
+    objects: result.objects.map(({ id, box, score, area }) => ({ id, box, score, area })) });
+  S.tags = result.objects.filter((o) => o.box).map((o) => ({ id: o.id, x: o.box[0], y: o.box[1] }));
+  view.render(bitmap, labels, {}, { tags: S.tags });
+  renderObjects();
+}
+
+async function onAnswer(msg) {
+  const entry = S.inflight.get(msg.id);
+  if (!entry) return; // an answer for a frame of an earlier stream
+  S.inflight.delete(msg.id);
+  S.lastAnswerAt = performance.now();
+  if (msg.type === "result") {
+    S.counts.answered += 1;
+    S.answerTimes.push(performance.now());
+    S.latency = msg.latency_ms;
+    S.compute = msg.compute_ms;
+    await showResult(entry.bitmap, msg);
+  } else {
+    entry.bitmap.close();
+    if (msg.type === "skipped") S.counts.skipped += 1;
+    else {
+      S.counts.errors += 1;
+      showMessage(`frame ${msg.id} was not segmented: ${msg.detail} [${msg.code}]`, "error");
+    }
+  }
+  if (S.phase === "pausing" && !S.inflight.size) enterPaused();
+  pump();
+}
+
+async function onClose(code, reason, byUs) {
+  if (byUs) return;
+  S.stream = null;
+  const unanswered = S.inflight.size;
+  for (const e of S.inflight.values()) e.bitmap.close();
+  S.inflight.clear();
+  if (code === 1000 && S.phase === "finishing") {
+    setPhase("done");
+    editor.reset(editor.width, editor.height, S.labels);
+    showMessage(`done: ${S.counts.answered + 1} frames segmented. Stop deletes the session.`, "info");
+    return;
+  }
+  if (!S.session) return;
+  const what = api.CLOSE_REASONS[code] || `the stream closed (${code}${reason ? `: ${reason}` : ""})`;
+  const lost = unanswered ? ` ${unanswered} frame(s) in flight were not answered.` : "";
+  const actions = [];
+  if (![4401, 4403, 4404, 4410].includes(code)) actions.push({ label: "Reconnect", run: reconnect });
+  actions.push({ label: "Restart session", run: restart });
+  setPhase("paused");
+  editor.reset(editor.width, editor.height, S.labels);
+  showMessage(`${what}.${lost}`, "error", actions);
+}
+
+function reconnect() {
+  if (!S.session) return start();
+  openStream();
+}
+
+/** A new session from the frame on screen and its masks: tracking goes on where it stopped. */
+async function restart() {
+  const labels = S.labels;
+  const frame = S.still;
+  await stopSession();
+  if (!frame || !labels || !idsIn(labels).length) return;
+  const blob = frame.blob || await encodeFrame(frame.bitmap, quality());
+  S.still = { bitmap: frame.bitmap, blob };
+  editor.reset(frame.bitmap.width, frame.bitmap.height);
+  editor.labels.set(labels);
+  if (S.source && S.source.kind === "camera") S.frozen = true;
+  await start();
+}
+
+function pause() {
+  if (S.phase === "streaming") {
+    setPhase("pausing");
+    if (!S.inflight.size) enterPaused();
+  } else if (S.phase === "paused") resume();
+}
+
+function enterPaused() {
+  setPhase("paused");
+  editor.reset(S.still.bitmap.width, S.still.bitmap.height, S.labels);
+  renderObjects();
+  draw();
+}
+
+async function resume() {
+  if (S.phase !== "paused" || !S.session) return;
+  const { corrected, painted, boxed } = editor.edits(trackedIds());
+  if (corrected.length || painted.length || boxed.length) {
+    if (!(await applyEdits())) return;
+  }
+  if (!S.stream) return reconnect();
+  setPhase("streaming");
+  S.lastAnswerAt = performance.now();
+  if (S.pendingFrame !== undefined) {
+    const f = S.pendingFrame;
+    S.pendingFrame = undefined;
+    if (f) await sendFrame(f);
+    else { S.sourceDone = true; setPhase("finishing"); S.stream.finish(); return; }
+  }
+  pump();
+}
+
+/** Paused: painted pixels of tracked ids -> corrections; new ids -> added objects. */
+async function applyEdits() {
+  if (!S.session) return true;
+  const tracked = trackedIds();
+  const { corrected, painted, boxed } = editor.edits(tracked);
+  const gone = editor.vanished(corrected);
+  if (gone.length) {
+    showMessage(`object ${gone.join(", ")} was erased completely: remove it with ✕ (Delete) instead`, "info");
+    return false;
+  }
+  if (!corrected.length && !painted.length && !boxed.length) {
+    showMessage("nothing to send: paint on a tracked object to correct it, or draw a new one", "info");
+    return false;
+  }
+  const w = editor.width, h = editor.height;
+  try {
+    if (corrected.length) {
+      const res = await api.correctSession(S.session, await encodeLabelPng(editor.only(corrected), w, h));
+      await showResult(S.still.bitmap, res);
+    }
+    if (painted.length || boxed.length) {
+      const mask = painted.length ? await encodeLabelPng(editor.only(painted), w, h) : null;
+      const boxes = Object.fromEntries(boxed.map((id) => [id, editor.boxes[id]]));
+      const res = await api.addObjects(S.session, mask, boxes);
+      await showResult(S.still.bitmap, res);
+    }
+  } catch (err) {
+    showMessage(`the edits were not applied: ${api.describeError(err)}`);
+    return false;
+  }
+  editor.reset(w, h, S.labels);
+  showMessage(`sent: ${corrected.length ? `correction of #${corrected.join(", #")}` : ""}`
+    + `${corrected.length && (painted.length || boxed.length) ? "; " : ""}`
+    + `${painted.length || boxed.length ? `new object #${[...painted, ...boxed].join(", #")}` : ""}`, "info");
+  draw();
+  return true;
+}
+
+async function removeObject(id) {
+  if (S.session && S.objects.has(id)) {
+    try {
+      const res = await api.removeObject(S.session, id); // {"type": "removed", "objects": [ids still tracked]}
+      const left = new Set(res.objects);
+      for (const k of [...S.objects.keys()]) if (!left.has(k)) S.objects.delete(k);
+      if (S.labels) for (let i = 0; i < S.labels.length; i++) if (S.labels[i] === id) S.labels[i] = 0;
+      if (editor.ready) editor.reset(editor.width, editor.height, S.labels);
+    } catch (err) {
+      return showMessage(`object #${id} was not removed: ${api.describeError(err)}`);
+    }
+  } else {
+    editor.clear(id);
+  }
+  renderObjects();
+  draw();
+}
+
+/** Close the stream and delete the session (the service frees its tracker). */
+async function stopSession() {
+  const s = S.session;
+  S.session = null;
+  if (S.stream) { S.stream.close(); S.stream = null; }
+  for (const e of S.inflight.values()) e.bitmap.close();
+  S.inflight.clear();
+  S.objects.clear();
+  S.pendingFrame = undefined;
+  if (s) {
+    try {
+      await api.deleteSession(s);
+    } catch (err) {
+      if (!(err instanceof api.ServiceError && err.status === 404)) showMessage(`deleting the session failed: ${api.describeError(err)}`);
+    }
+  }
+}
+
+async function stop() {
+  await stopSession();
+  if (!S.source) return setPhase("idle");
+  if (S.source.kind === "camera") S.frozen = false;
+  editor.reset(editor.width, editor.height);
+  S.labels = null;
+  setPhase("preview");
+  renderObjects();
+  draw();
+}
+
+async function submitJob() {
+  if (!S.source || S.source.kind !== "file") return showMessage("a video job needs a video file as the source", "info");
+  const { painted, boxed } = editor.edits([]);
+  if (S.session || S.frameIndex !== 0) {
+    return showMessage("a job starts from the video's first frame: choose the file again to draw on it", "info");
+  }
+  if (!painted.length && !boxed.length) return showMessage("draw the objects on the first frame first", "info");
+  const mask = painted.length ? await encodeLabelPng(editor.only(painted), editor.width, editor.height) : null;
+  const boxes = Object.fromEntries(boxed.map((id) => [id, editor.boxes[id]]));
+  await jobs.run(S.source.file, mask, boxes);
+}
+
+// ---------------------------------------------------------------- input: pointer, keys, controls
+
+function bindCanvas() {
+  const cv = $("view");
+  const editable = () => ["preview", "paused", "done"].includes(S.phase) && editor.ready;
+  cv.addEventListener("pointerdown", async (ev) => {
+    if (!editable()) return;
+    if (S.source && S.source.kind === "camera" && !S.frozen && S.phase === "preview") await freeze();
+    cv.setPointerCapture(ev.pointerId);
+    editor.down(view.toPixel(ev));
+    draw();
+  });
+  cv.addEventListener("pointermove", (ev) => {
+    if (!editable()) return;
+    const p = view.toPixel(ev);
+    if (editor.drag || editor.last) editor.move(p);
+    draw(editor.tool === "box" ? {} : { cursor: { ...p, r: editor.radius } });
+  });
+  const finish = () => { if (editor.up()) renderObjects(); draw(); };
+  cv.addEventListener("pointerup", finish);
+  cv.addEventListener("pointercancel", finish);
+}
+
+function bindControls() {
+  $("src-camera").addEventListener("click", openCamera);
+  $("src-file").addEventListener("change", (ev) => { if (ev.target.files[0]) openSource(new VideoFileSource($("video"), ev.target.files[0])); ev.target.value = ""; });
+  for (const id of ["src-images", "src-folder"]) {
+    $(id).addEventListener("change", (ev) => { if (ev.target.files.length) openSource(new ImagesSource(ev.target.files)); ev.target.value = ""; });
+  }
+  $("btn-start").addEventListener("click", start);
+  $("btn-pause").addEventListener("click", pause);
+  $("btn-stop").addEventListener("click", stop);
+  $("btn-job").addEventListener("click", submitJob);
+  $("btn-new-object").addEventListener("click", newObject);
+  $("btn-apply").addEventListener("click", applyEdits);
+  $("btn-clear").addEventListener("click", () => {
+    editor.clear();
+    if (S.source && S.source.kind === "camera" && S.phase === "preview") S.frozen = false;
+    setPhase(S.phase);
+    renderObjects();
+    draw();
+  });
+  for (const b of document.querySelectorAll("[data-tool]")) b.addEventListener("click", () => setTool(b.dataset.tool));
+  $("brush-size").addEventListener("input", (ev) => { editor.radius = Number(ev.target.value); });
+  $("opacity").addEventListener("input", (ev) => { view.opacity = Number(ev.target.value) / 100; draw(); });
+  $("outline").addEventListener("change", (ev) => { view.outline = ev.target.checked; draw(); });
+  $("message-close").addEventListener("click", hideMessage);
+  $("help-btn").addEventListener("click", () => $("help").showModal());
+}
+
+function bindKeys() {
+  document.addEventListener("keydown", (ev) => {
+    if (ev.target.closest("input, textarea, select") || ev.ctrlKey || ev.metaKey || ev.altKey) return;
+    const k = ev.key;
+    const act = {
+      Enter: start, " ": pause, Escape: stop, b: () => setTool("box"), p: () => setTool("brush"),
+      e: () => setTool("eraser"), n: newObject, c: applyEdits, j: submitJob, Delete: () => removeObject(editor.active),
+      "[": () => { editor.radius = Math.max(2, editor.radius - 2); $("brush-size").value = editor.radius; },
+      "]": () => { editor.radius = Math.min(80, editor.radius + 2); $("brush-size").value = editor.radius; },
+      ",": () => { $("opacity").value = Math.max(0, Number($("opacity").value) - 10); view.opacity = $("opacity").value / 100; draw(); },
+      ".": () => { $("opacity").value = Math.min(100, Number($("opacity").value) + 10); view.opacity = $("opacity").value / 100; draw(); },
+      o: () => { $("outline").checked = !$("outline").checked; view.outline = $("outline").checked; draw(); },
+      "?": () => $("help").showModal(),
+    }[k.length === 1 ? k.toLowerCase() : k] || (/^[1-9]$/.test(k) ? () => selectObject(Number(k)) : null);
+    if (act) {
+      ev.preventDefault();
+      act();
+    }
+  });
+}
+
+// ---------------------------------------------------------------- start-up: service info, URL parameters
+
+async function loadInfo() {
+  try {
+    S.info = await api.getInfo();
+  } catch (err) {
+    $("model-info").textContent = "service unreachable";
+    showMessage(`cannot read the service's info: ${api.describeError(err)}`, "error", [{ label: "Retry", run: loadInfo }]);
+    return false;
+  }
+  setPalette(S.info.palette);
+  const m = S.info.models[0];
+  S.boxInit = !!(m && m.box_init);
+  $("tool-box").disabled = !S.boxInit;
+  $("tool-box").title = S.boxInit ? "Drag a box (B)" : "this model has no box encoder: paint a mask";
+  if (!S.boxInit && editor.tool === "box") setTool("brush");
+  else setTool(editor.tool);
+  $("model-info").textContent = m
+    ? `model ${m.name || "?"} · ${m.box_init ? "box or mask start" : "mask start only"} · crop ${m.crop_size} · ${m.workers} worker${m.workers > 1 ? "s" : ""} · v${S.info.version}`
+    : `no worker is live · v${S.info.version}`;
+  if (!m) {
+    showMessage("no worker is live: sessions cannot start until one is running", "error", [{ label: "Check again", run: loadInfo }]);
+    setTimeout(() => { if (!S.info.models.length) loadInfo(); }, 5000);
+  }
+  return true;
+}
+
+/** ?box=X,Y,W,H (repeatable, or ;-separated) -> objects 1, 2, ... on the first frame, clipped to it. */
+function urlBoxes() {
+  const out = [];
+  for (const v of params.getAll("box")) {
+    for (const part of v.split(";")) {
+      const n = part.split(",").map(Number);
+      if (n.length !== 4 || n.some((x) => !Number.isFinite(x)) || n[2] <= 0 || n[3] <= 0) {
+        throw new Error(`box=${part} must be four numbers X,Y,W,H with W and H > 0`);
+      }
+      out.push(n);
+    }
+  }
+  return out;
+}
+
+async function applyUrlObjects() {
+  const boxes = urlBoxes();
+  boxes.forEach((b, i) => {
+    const x0 = Math.max(0, b[0]), y0 = Math.max(0, b[1]);
+    const x1 = Math.min(editor.width, b[0] + b[2]), y1 = Math.min(editor.height, b[1] + b[3]);
+    if (x1 - x0 < 1 || y1 - y0 < 1) throw new Error(`box=${b.join(",")} lies outside the ${editor.width}x${editor.height} frame`);
+    editor.setBox(i + 1, [x0, y0, x1 - x0, y1 - y0]);
+  });
+  const maskUrl = params.get("mask");
+  if (maskUrl) {
+    let blob;
+    try {
+      const r = await fetch(maskUrl, { cache: "no-store" });
+      if (!r.ok) throw new Error(`HTTP ${r.status}`);
+      blob = await r.blob();
+    } catch (err) {
+      throw new Error(`mask=${maskUrl.slice(0, 80)} could not be loaded (${err.message}); it must be on this host or a data: URL`);
+    }
+    const labels = await labelsFromImage(blob, editor.width, editor.height);
+    const offset = boxes.length;
+    for (let i = 0; i < labels.length; i++) if (labels[i] && !editor.labels[i]) editor.labels[i] = labels[i] + offset;
+  }
+  renderObjects();
+  draw();
+  return boxes.length > 0 || !!maskUrl;
+}
+
+async function fromUrl() {
+  if (params.get("kiosk") === "1") document.body.classList.add("kiosk");
+  if (params.has("opacity")) { $("opacity").value = Number(params.get("opacity")) * 100; view.opacity = Number(params.get("opacity")); }
+  if (params.get("outline") === "0") { $("outline").checked = false; view.outline = false; }
+  if (params.has("quality")) $("quality").value = params.get("quality");
+  if (params.has("max_inflight")) $("max-inflight").value = params.get("max_inflight");
+  if (params.has("crop")) $("crop").value = params.get("crop");
+  const source = params.get("source");
+  if (source === "camera") {
+    if (!(await openCamera())) return;
+  } else if (source === "file" || source === "images") {
+    showMessage(`choose the ${source === "file" ? "video file" : "images"} to segment (browsers open local files only on a click)`, "info");
+    return;
+  } else if (source) {
+    return showMessage(`source=${source} is not known (camera, file or images)`);
+  }
+  if (!S.source) return;
+  let hasObjects = false;
+  try {
+    if (S.source.kind === "camera" && (params.has("box") || params.has("mask"))) await freeze();
+    hasObjects = await applyUrlObjects();
+  } catch (err) {
+    return showMessage(err.message);
+  }
+  if (params.get("start") === "1" && hasObjects) await start();
+}
+
+async function main() {
+  bindControls();
+  bindCanvas();
+  bindKeys();
+  setPhase("idle");
+  setInterval(updateStatus, 250);
+  window.addEventListener("pagehide", () => { if (S.session) stopSessionOnUnload(); });
+  window.lwl = {  // for tests and embedding pages: read-only views of what the page did
+    get phase() { return S.phase; },
+    get counts() { return { ...S.counts }; },
+    get objects() { return Object.fromEntries(S.objects); },
+    get sessionId() { return S.session ? S.session.id : null; },
+    get results() { return S.results; },
+    // with ?record=1: every frame sent (index 0 = the first frame, with its mask and boxes) and every result
+    sentBase64: (i) => api.blobToBase64(S.sent[i].blob),
+    sentId: (i) => S.sent[i].id,
+    initMaskBase64: () => (S.sent[0] && S.sent[0].mask ? api.blobToBase64(S.sent[0].mask) : null),
+    initBoxes: () => (S.sent[0] ? S.sent[0].boxes : null),
+    get sentCount() { return S.sent.length; },
+    get labels() { return S.labels ? Array.from(S.labels) : null; },
+    get frameSize() { return editor.ready ? [editor.height, editor.width] : null; },
+  };
+  if (await loadInfo()) await fromUrl();
+  document.body.dataset.ready = "1";
+}
+
+/** Leaving the page: ask the service to free the session (best effort; the TTL frees it otherwise). */
+function stopSessionOnUnload() {
+  const s = S.session;
+  fetch(`v1/sessions/${encodeURIComponent(s.id)}`, { method: "DELETE", headers: { Authorization: `Bearer ${s.token}` }, keepalive: true });
+}
+
+main();

@@ -1,0 +1,403 @@
+"""The web page in a real Chromium against a real `lwl serve` (and api + worker + Redis for the worker test).
+
+What a person does, with mouse and keyboard: a box drawn on the fake camera starts a session and the
+masks follow the moving object (bundled model); every frame of a video file comes back in order with
+masks equal to `lwl segment` on the same frames; a correction and an added object change what comes
+back; a whole-video job goes from upload to download; a wrong file and a stopped worker are explained.
+Screenshots go to $LWL_SCREENSHOT_DIR when it is set (`make screenshots` writes docs/img/).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import zipfile
+from pathlib import Path
+
+import av
+import httpx
+import numpy as np
+import pytest
+from conftest import lwl_segment
+from PIL import Image
+
+from .conftest import page_errors, write_video, write_y4m
+
+pytestmark = pytest.mark.slow
+
+SQUARE_RGB = (230, 30, 200)
+
+
+def still_then_moving(n_still: int, n_move: int, h: int = 240, w: int = 320) -> list[tuple[np.ndarray, tuple]]:
+    """A magenta square on a smooth textured background: still for `n_still` frames (so a camera page that
+    starts at any moment in that stretch sees it in one place), then out to the right and back."""
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    bg = np.stack([120 + 30 * np.sin(0.03 * xx + c) * np.cos(0.04 * yy - c) for c in range(3)], -1)
+    bg = np.clip(bg, 0, 255).astype(np.uint8)
+    side, x0 = h // 4, 3 * w // 16
+    x1, y = w - side - x0, (h - side) // 2
+    out = []
+    for i in range(n_still + n_move):
+        t = max(0, i - n_still) / max(1, n_move)
+        x = int(round(x0 + (x1 - x0) * (1 - abs(1 - 2 * t))))  # x0 -> x1 -> x0 (60 -> 200 -> 60 at 320x240)
+        img = bg.copy()
+        img[y : y + side, x : x + side] = SQUARE_RGB
+        out.append((img, (x, y, side, side)))
+    return out
+
+
+def square_mask(rgb: np.ndarray) -> np.ndarray:
+    """Where the magenta square is in a (decoded, re-encoded) frame: the known position."""
+    r, g, b = (rgb[..., i].astype(int) for i in range(3))
+    return (r > 170) & (g < 110) & (b > 140)
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = np.logical_or(a, b).sum()
+    return float(np.logical_and(a, b).sum() / union) if union else 1.0
+
+
+def b64png(b64: str) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(b64))))
+
+
+def shot(page, name: str) -> None:  # noqa: ANN001 - playwright Page
+    """Screenshots for docs/WEB.md when LWL_SCREENSHOT_DIR is set."""
+    d = os.environ.get("LWL_SCREENSHOT_DIR")
+    if d:
+        Path(d).mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(Path(d) / f"{name}.png"))
+
+
+def wait(page, js: str, timeout_s: float = 120) -> None:  # noqa: ANN001
+    """Wait for a JS condition (a function expression: the page's CSP forbids eval of strings); on time-out
+    the failure says what the page showed."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    try:
+        page.wait_for_function(f"() => {js}", timeout=timeout_s * 1000, polling=100)
+    except PlaywrightTimeout:
+        state = page.evaluate("() => ({phase: window.lwl && window.lwl.phase, counts: window.lwl && window.lwl.counts,"
+                              " results: window.lwl && window.lwl.results.length, status: "
+                              "document.getElementById('status').textContent.replace(/\\s+/g, ' '), message: "
+                              "document.getElementById('message').hidden ? '' : "
+                              "document.getElementById('message-text').textContent})")
+        raise AssertionError(f"waited {timeout_s} s for {js}; the page: {state}") from None
+
+
+def drag(page, box: tuple[float, float, float, float]) -> None:  # noqa: ANN001
+    """Drag a box given in frame pixels over the (CSS-scaled) canvas with the mouse."""
+    r = page.locator("#view").bounding_box()
+    fh, fw = page.evaluate("() => window.lwl.frameSize")
+    sx, sy = r["width"] / fw, r["height"] / fh
+    x, y, w, h = box
+    page.mouse.move(r["x"] + x * sx, r["y"] + y * sy)
+    page.mouse.down()
+    page.mouse.move(r["x"] + (x + w / 2) * sx, r["y"] + (y + h / 2) * sy, steps=3)
+    page.mouse.move(r["x"] + (x + w) * sx, r["y"] + (y + h) * sy, steps=3)
+    page.mouse.up()
+
+
+def paint(page, points: list[tuple[float, float]]) -> None:  # noqa: ANN001
+    """A brush stroke through frame-pixel points."""
+    r = page.locator("#view").bounding_box()
+    fh, fw = page.evaluate("() => window.lwl.frameSize")
+    sx, sy = r["width"] / fw, r["height"] / fh
+    page.mouse.move(r["x"] + points[0][0] * sx, r["y"] + points[0][1] * sy)
+    page.mouse.down()
+    for x, y in points[1:]:
+        page.mouse.move(r["x"] + x * sx, r["y"] + y * sy, steps=4)
+    page.mouse.up()
+
+
+def message(page) -> str:  # noqa: ANN001
+    return page.evaluate("() => document.getElementById('message').hidden ? '' : "
+                         "document.getElementById('message-text').textContent")
+
+
+@pytest.fixture
+def serve_tiny(cluster_factory):  # noqa: ANN001, ANN201
+    """`lwl serve` with the tiny test model (fast, deterministic, has a box encoder)."""
+    c = cluster_factory(False)
+    c.start("serve")
+    c.wait_ready(workers=1)
+    return c
+
+
+def open_page(browser, url: str, camera: Path | None = None, width: int = 1280, height: int = 800):  # noqa: ANN001, ANN201
+    b = browser(camera)
+    page = b.new_page(viewport={"width": width, "height": height})
+    errors = page_errors(page)
+    page.goto(url)
+    wait(page, "document.body.dataset.ready === '1'", 30)
+    return page, errors
+
+
+# ---------------------------------------------------------------- page, headers, service info
+
+
+def test_page_is_served_with_a_csp_and_reads_the_service(serve_tiny, browser) -> None:  # noqa: ANN001
+    r = httpx.get(serve_tiny.url + "/")
+    assert r.status_code == 200 and "text/html" in r.headers["content-type"]
+    csp = r.headers["content-security-policy"]
+    assert "script-src 'self'" in csp and "default-src 'self'" in csp and "frame-ancestors" in csp
+    assert httpx.get(serve_tiny.url + "/web/js/main.js").headers["content-security-policy"] == csp
+    info = httpx.get(serve_tiny.url + "/v1/info").json()
+    assert info["models"][0]["box_init"] is True and len(info["palette"]) == 256
+    assert httpx.get(serve_tiny.url + "/openapi.json").json()["paths"]["/v1/info"]
+
+    page, errors = open_page(browser, serve_tiny.url + "/")
+    assert "box or mask start" in page.text_content("#model-info")
+    assert page.is_enabled("#tool-box")
+    assert errors == []
+
+
+# ---------------------------------------------------------------- camera (bundled model)
+
+
+@pytest.mark.parametrize("how", ["url", "mouse"])
+def test_camera_box_starts_a_session_and_masks_follow_the_object(cluster_factory, browser, tmp_path, how) -> None:  # noqa: ANN001
+    c = cluster_factory(False, LWL_WEIGHTS="", LWL_CROP_SIZE="")  # the bundled model, its own crop
+    c.start("serve")
+    c.wait_ready(workers=1)
+    clip = still_then_moving(100, 100)  # 4 s still, 4 s out and back, at 25 fps; the camera loops it
+    camera = write_y4m(tmp_path / "camera.y4m", clip, fps=25)
+    x, y, w, h = clip[0][1]
+    loose = (x - 4, y - 3, w + 7, h + 6)  # drawn a few pixels loose, as people do
+    if how == "url":
+        url = c.url + f"/?source=camera&box={','.join(map(str, loose))}&start=1&record=1"
+        page, errors = open_page(browser, url, camera)
+    else:
+        page, errors = open_page(browser, c.url + "/?record=1", camera)
+        page.click("#src-camera")
+        wait(page, "window.lwl.phase === 'preview'", 30)
+        drag(page, loose)
+        page.click("#btn-start")
+    wait(page, "window.lwl.counts.answered >= 14", 240)
+    shot(page, f"camera-{how}")
+    page.keyboard.press("Space")  # pause: the last answers arrive, nothing more is sent
+    wait(page, "window.lwl.phase === 'paused'", 60)
+    results = page.evaluate("() => window.lwl.results")
+    ids = [page.evaluate(f"() => window.lwl.sentId({i})") for i in range(page.evaluate("() => window.lwl.sentCount"))]
+    ious, shifts = [], []
+    for r in results[1:]:
+        sent = b64png(page.evaluate(f"(i) => window.lwl.sentBase64(i)", ids.index(r["id"])))
+        truth = square_mask(sent)
+        ious.append(iou(b64png(r["labels"]) == 1, truth))
+        shifts.append(abs(np.argwhere(truth)[:, 1].min() - x) if truth.any() else 0)
+    assert page.evaluate("() => window.lwl.counts.skipped") >= 0
+    print(f"camera ({how}): IoU per answered frame {np.round(ious, 2).tolist()}, shift {shifts}")
+    assert np.median(ious) >= 0.5, (ious, shifts)
+    moved = [v for v, s in zip(ious, shifts, strict=True) if s >= 20]
+    assert moved, f"no answered frame showed the object moved (shifts {shifts})"
+    assert np.mean(moved) >= 0.5, (ious, shifts)
+    status = page.text_content("#status")
+    assert "latency" in status and page.text_content("#st-latency") != "–"
+    assert errors == []
+
+
+# ---------------------------------------------------------------- video file: every frame, equal to lwl segment
+
+
+BUSY_PAGE = """() => {  // a page that is busy 60 ms out of every 80 while it steps through the video
+  setInterval(() => { const t = performance.now(); while (performance.now() - t < 60) { /* busy */ } }, 80);
+}"""
+
+
+def write_vfr_video(path: Path, frames: list, gaps_ms: list[int]) -> Path:
+    """An H.264 MP4 whose frames are `gaps_ms` apart, in turn (a variable frame rate, as phones record)."""
+    from fractions import Fraction
+
+    h, w = frames[0][0].shape[:2]
+    with av.open(str(path), "w") as box:
+        stream = box.add_stream("libx264", rate=25, options={"bf": "0", "crf": "18"})
+        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+        stream.time_base = Fraction(1, 1000)
+        pts = 0
+        for i, (img, _) in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")
+            frame.pts, frame.time_base = pts, Fraction(1, 1000)
+            pts += gaps_ms[i % len(gaps_ms)]
+            box.mux(stream.encode(frame))
+        box.mux(stream.encode(None))
+    return path
+
+
+@pytest.mark.parametrize("kind", ["cfr", "busy-page", "vfr"])
+def test_video_file_every_frame_in_order_equal_to_lwl_segment(serve_tiny, browser, weights, tmp_path, kind) -> None:  # noqa: ANN001
+    clip = still_then_moving(2, 10, 120, 160)
+    if kind == "vfr":
+        video = write_vfr_video(tmp_path / "clip.mp4", clip, [33, 50, 17, 40, 66])
+    else:
+        video = write_video(tmp_path / "clip.mp4", clip, fps=25)
+    page, errors = open_page(browser, serve_tiny.url + "/?record=1")
+    if kind == "busy-page":
+        page.evaluate(BUSY_PAGE)
+    page.set_input_files("#src-file", str(video))
+    wait(page, "window.lwl.phase === 'preview'", 30)
+    page.keyboard.press("p")  # brush
+    page.evaluate("() => { const s = document.getElementById('brush-size'); s.value = 12; "
+                  "s.dispatchEvent(new Event('input')); }")
+    x, y, w, h = clip[0][1]
+    paint(page, [(x + 12, y + 12), (x + 48, y + 14), (x + 46, y + 46), (x + 14, y + 48), (x + 30, y + 30)])
+    page.keyboard.press("Enter")
+    wait(page, "window.lwl.phase === 'done'", 180)
+    shot(page, "video-file")
+    results = page.evaluate("() => window.lwl.results")
+    assert [r["frame_index"] for r in results] == list(range(len(clip)))
+    n = page.evaluate("() => window.lwl.sentCount")
+    assert n == len(clip)
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for i in range(n):
+        (frames / f"{i:05d}.jpg").write_bytes(base64.b64decode(page.evaluate("(i) => window.lwl.sentBase64(i)", i)))
+        seen = np.argwhere(square_mask(np.asarray(Image.open(frames / f"{i:05d}.jpg"))))
+        assert abs(seen[:, 1].min() - clip[i][1][0]) <= 2, f"sent frame {i} is not the video's frame {i}"
+    mask = tmp_path / "mask.png"
+    mask.write_bytes(base64.b64decode(page.evaluate("() => window.lwl.initMaskBase64()")))
+    assert set(np.unique(np.asarray(Image.open(mask)))) == {0, 1}
+    ref = lwl_segment(weights, frames, tmp_path / "offline", "--mask", str(mask))
+    assert [base64.b64decode(r["labels"]) for r in results] == ref
+    # what the page drew is the label map it received
+    shown = np.asarray(page.evaluate("() => window.lwl.labels"), np.uint8).reshape(clip[0][0].shape[:2])
+    assert np.array_equal(shown, np.asarray(Image.open(io.BytesIO(ref[-1]))))
+    assert errors == []
+
+
+# ---------------------------------------------------------------- corrections, added and removed objects
+
+
+def test_correction_added_and_removed_object_change_what_comes_back(serve_tiny, browser, tmp_path) -> None:  # noqa: ANN001
+    clip = still_then_moving(2, 30, 120, 160)
+    files = []
+    for i, (img, _) in enumerate(clip):
+        p = tmp_path / f"{i:05d}.png"
+        Image.fromarray(img).save(p)
+        files.append(str(p))
+    page, errors = open_page(browser, serve_tiny.url + "/?record=1&max_inflight=1")
+    page.set_input_files("#src-images", files)
+    wait(page, "window.lwl.phase === 'preview'", 30)
+    x, y, w, h = clip[0][1]
+    drag(page, (x, y, w, h))
+    page.click("#btn-start")
+    wait(page, "window.lwl.counts.answered >= 2", 60)
+    page.keyboard.press("Space")
+    wait(page, "window.lwl.phase === 'paused'", 60)
+    before = page.evaluate("() => window.lwl.results.length")
+    labels_before = page.evaluate("() => window.lwl.labels")
+
+    # a correction: paint object 1 over the top-left corner of the frame
+    page.keyboard.press("1")
+    page.keyboard.press("p")
+    paint(page, [(10, 10), (30, 12), (28, 30), (12, 28)])
+    page.keyboard.press("c")
+    wait(page, f"window.lwl.results.length === {before + 1}", 60)
+    corrected = page.evaluate("() => window.lwl.labels")
+    assert corrected != labels_before
+    assert np.asarray(corrected, np.uint8).reshape(120, 160)[20, 20] == 1  # the painted pixels are object 1 now
+
+    # a new object from a box
+    page.keyboard.press("n")
+    page.keyboard.press("b")
+    drag(page, (100, 20, 40, 30))
+    page.keyboard.press("c")
+    wait(page, f"window.lwl.results.length === {before + 2}", 60)
+    assert sorted(map(int, page.evaluate("() => Object.keys(window.lwl.objects)"))) == [1, 2]
+    shot(page, "paused-edit")
+
+    page.keyboard.press("Space")  # resume: later frames carry both objects
+    wait(page, f"window.lwl.results.length >= {before + 5}", 60)
+    assert {o["id"] for o in page.evaluate("() => window.lwl.results.at(-1).objects")} == {1, 2}
+
+    page.keyboard.press("Space")
+    wait(page, "window.lwl.phase === 'paused'", 60)
+    page.click("#objects li[data-id='2'] button")  # remove object 2
+    wait(page, "!('2' in window.lwl.objects)", 30)
+    page.keyboard.press("Space")
+    n = page.evaluate("() => window.lwl.results.length")
+    wait(page, f"window.lwl.results.length >= {n + 2} || window.lwl.phase === 'done'", 60)
+    assert {o["id"] for o in page.evaluate("() => window.lwl.results.at(-1).objects")} == {1}
+
+    sid = page.evaluate("() => window.lwl.sessionId")
+    page.keyboard.press("Escape")  # stop: the session is deleted
+    wait(page, "window.lwl.sessionId === null", 30)
+    assert httpx.get(f"{serve_tiny.url}/v1/sessions/{sid}").status_code == 404
+    assert errors == []
+
+
+# ---------------------------------------------------------------- whole-video job
+
+
+def test_video_job_from_upload_to_download(serve_tiny, browser, tmp_path) -> None:  # noqa: ANN001
+    clip = still_then_moving(2, 8, 120, 160)
+    video = write_video(tmp_path / "clip.mp4", clip, fps=25)
+    page, errors = open_page(browser, serve_tiny.url + "/")
+    page.set_input_files("#src-file", str(video))
+    wait(page, "window.lwl.phase === 'preview'", 30)
+    drag(page, clip[0][1])
+    page.click("#btn-job")
+    wait(page, "document.querySelectorAll('#job-links a').length === 3", 180)
+    shot(page, "video-job")
+    assert page.evaluate("() => document.getElementById('job-upload').value") == 1
+    assert page.evaluate("() => document.getElementById('job-progress').value") == 1
+    links = {a["format"]: a["href"] for a in page.evaluate(
+        "() => [...document.querySelectorAll('#job-links a')].map(a => ({format: a.dataset.format, href: a.href}))")}
+    got = {fmt: httpx.get(href) for fmt, href in links.items()}
+    assert all(r.status_code == 200 for r in got.values())
+    with zipfile.ZipFile(io.BytesIO(got["png"].content)) as z:
+        assert len([n for n in z.namelist() if n.endswith(".png")]) == len(clip)
+    assert len(json.loads(got["rle"].content)["frames"]) == len(clip)
+    (tmp_path / "overlay.mp4").write_bytes(got["mp4"].content)
+    with av.open(str(tmp_path / "overlay.mp4")) as box:
+        assert sum(1 for _ in box.decode(video=0)) == len(clip)
+    assert errors == []
+
+
+# ---------------------------------------------------------------- errors a person can meet
+
+
+def test_wrong_files_are_explained(serve_tiny, browser, tmp_path) -> None:  # noqa: ANN001
+    bogus = tmp_path / "holiday.mp4"
+    bogus.write_text("this is not a video\n" * 50)
+    page, errors = open_page(browser, serve_tiny.url + "/")
+    page.set_input_files("#src-file", str(bogus))
+    wait(page, "!document.getElementById('message').hidden", 30)
+    assert "cannot decode" in message(page) and "holiday.mp4" in message(page)
+    assert page.evaluate("() => window.lwl.phase") == "idle"
+
+    text = tmp_path / "notes.png"
+    text.write_text("not a picture")
+    page.set_input_files("#src-images", [str(text)])
+    wait(page, "document.getElementById('message-text').textContent.includes('notes.png')", 30)
+    assert "cannot be decoded" in message(page)
+    shot(page, "error-wrong-file")
+
+
+def test_a_stopped_worker_is_explained(cluster_factory, browser, tmp_path) -> None:  # noqa: ANN001
+    c = cluster_factory(True)
+    c.start("api")
+    worker = c.start("worker")
+    c.wait_ready(workers=1)
+    clip = still_then_moving(3, 0, 120, 160)
+    files = []
+    for i, (img, _) in enumerate(clip):
+        p = tmp_path / f"{i:05d}.png"
+        Image.fromarray(img).save(p)
+        files.append(str(p))
+    page, errors = open_page(browser, c.url + "/")
+    page.set_input_files("#src-images", files)
+    wait(page, "window.lwl.phase === 'preview'", 30)
+    drag(page, clip[0][1])
+    worker.stop()
+    page.click("#btn-start")
+    wait(page, "!document.getElementById('message').hidden", 60)
+    text = message(page)
+    assert "did not start" in text and ("no_capacity" in text or "no_worker" in text), text
+    assert page.is_visible("#message-actions button")  # Retry
+    assert page.evaluate("() => window.lwl.phase") == "preview"
+    shot(page, "error-no-worker")
+    page.reload()
+    wait(page, "document.body.dataset.ready === '1'", 30)
+    wait(page, "document.getElementById('message-text').textContent.includes('no worker is live')", 30)
