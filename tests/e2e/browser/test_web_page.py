@@ -183,7 +183,7 @@ def test_camera_box_starts_a_session_and_masks_follow_the_object(cluster_factory
     ids = [page.evaluate(f"() => window.lwl.sentId({i})") for i in range(page.evaluate("() => window.lwl.sentCount"))]
     ious, shifts = [], []
     for r in results[1:]:
-        sent = b64png(page.evaluate(f"(i) => window.lwl.sentBase64(i)", ids.index(r["id"])))
+        sent = b64png(page.evaluate("(i) => window.lwl.sentBase64(i)", ids.index(r["id"])))
         truth = square_mask(sent)
         ious.append(iou(b64png(r["labels"]) == 1, truth))
         shifts.append(abs(np.argwhere(truth)[:, 1].min() - x) if truth.any() else 0)
