@@ -91,7 +91,8 @@ OWN_KEYS = frozenset({"name", "description", "out_dir", "init_weights", "init_ba
 def read_recipe(path: str | Path, _seen: frozenset[Path] = frozenset()) -> dict[str, Any]:
     """The recipe's mapping with its `base` (a recipe path relative to this file) merged in: the
     base supplies the shared settings (network, data, validation split, cadence), so a follow-up
-    recipe cannot drift from them; top-level keys of the recipe replace the base's."""
+    recipe cannot drift from them; top-level keys of the recipe replace the base's, except `net`,
+    whose keys are merged into the base's."""
     path = Path(path).resolve()
     if path in _seen:
         raise ValueError(f"{path}: recipe bases form a cycle")
@@ -103,6 +104,8 @@ def read_recipe(path: str | Path, _seen: frozenset[Path] = frozenset()) -> dict[
         return raw
     base = read_recipe(path.parent / base_name, _seen | {path})
     shared = {k: v for k, v in base.items() if k not in OWN_KEYS}
+    if isinstance(shared.get("net"), dict) and isinstance(raw.get("net"), dict):
+        raw["net"] = {**shared["net"], **raw["net"]}  # e.g. `net: {ablation: raw_labels}` keeps the base's net
     return {**shared, **raw}
 
 

