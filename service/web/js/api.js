@@ -15,9 +15,11 @@ export class ServiceError extends Error {
 /** The close codes of the stream (docs/API.md) as sentences a person can act on. */
 export const CLOSE_REASONS = {
   1000: "the stream ended normally",
+  1001: "the service is going away (shutting down)",
   1006: "the connection to the service dropped",
   1009: "a frame was larger than the service accepts (LWL_MAX_UPLOAD_MB)",
   1011: "the service hit an internal error",
+  1012: "the service is restarting",
   4400: "the service refused a stream option",
   4401: "the session token was not sent in time",
   4403: "the session token was refused",

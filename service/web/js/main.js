@@ -392,12 +392,19 @@ async function restart() {
   const labels = S.labels;
   const frame = S.still;
   await stopSession();
-  if (!frame || !labels || !idsIn(labels).length) return;
+  S.labels = null;
+  if (!frame || !frame.bitmap) return stop();
   const blob = frame.blob || await encodeFrame(frame.bitmap, quality());
   S.still = { bitmap: frame.bitmap, blob };
   editor.reset(frame.bitmap.width, frame.bitmap.height);
-  editor.labels.set(labels);
   if (S.source && S.source.kind === "camera") S.frozen = true;
+  setPhase("preview");
+  if (!labels || !idsIn(labels).length) {
+    renderObjects();
+    draw();
+    return showMessage("no object was visible on this frame: draw the objects again and press Start", "info");
+  }
+  editor.labels.set(labels);
   await start();
 }
 

@@ -401,3 +401,76 @@ def test_a_stopped_worker_is_explained(cluster_factory, browser, tmp_path) -> No
     page.reload()
     wait(page, "document.body.dataset.ready === '1'", 30)
     wait(page, "document.getElementById('message-text').textContent.includes('no worker is live')", 30)
+
+
+def test_a_dropped_connection_offers_reconnect_then_restart(cluster_factory, browser, tmp_path) -> None:  # noqa: ANN001
+    c = cluster_factory(False, LWL_WEIGHTS="", LWL_CROP_SIZE="")  # the bundled model: the object is found
+    serve = c.start("serve")
+    c.wait_ready(workers=1)
+    clip = still_then_moving(2, 40, 120, 160)
+    files = []
+    for i, (img, _) in enumerate(clip):
+        p = tmp_path / f"{i:05d}.png"
+        Image.fromarray(img).save(p)
+        files.append(str(p))
+    page, errors = open_page(browser, c.url + "/?record=1&max_inflight=1")
+    page.set_input_files("#src-images", files)
+    wait(page, "window.lwl.phase === 'preview'", 30)
+    page.keyboard.press("p")  # paint the square (the bundled model starts far better from a mask than a box)
+    x, y, w, h = clip[0][1]
+    paint(page, [(x + 6, y + 6), (x + w - 6, y + 8), (x + w - 6, y + h - 6), (x + 8, y + h - 6), (x + w / 2, y + h / 2)])
+    page.click("#btn-start")
+    wait(page, "window.lwl.counts.answered >= 2", 60)
+    serve.stop()  # the service goes away mid-stream
+    wait(page, "!document.getElementById('message').hidden && document.body.dataset.phase === 'paused'", 60)
+    text = message(page)
+    assert any(w in text for w in ("dropped", "restarting", "going away")), text
+    buttons = page.evaluate("() => [...document.querySelectorAll('#message-actions button')].map(b => b.textContent)")
+    assert buttons == ["Reconnect", "Restart session"]
+    shot(page, "error-connection-dropped")
+
+    c.start("serve")  # back, but `lwl serve` kept its sessions in memory: this one is gone
+    c.wait_ready(workers=1)
+    old = page.evaluate("() => window.lwl.sessionId")
+    page.click("#message-actions button:text('Reconnect')")
+    wait(page, "document.getElementById('message-text').textContent.includes('does not exist')", 30)
+    assert page.evaluate("() => [...document.querySelectorAll('#message-actions button')].map(b => b.textContent)") \
+        == ["Restart session"]
+    n = page.evaluate("() => window.lwl.counts.answered")
+    page.click("#message-actions button:text('Restart session')")  # a new session from the frame on screen
+    wait(page, "window.lwl.sessionId !== null && window.lwl.phase === 'streaming'", 60)
+    assert page.evaluate("() => window.lwl.sessionId") != old
+    wait(page, "window.lwl.counts.answered >= 2 || window.lwl.phase === 'done'", 60)
+    assert n >= 2 and 1 in {o["id"] for o in page.evaluate("() => window.lwl.results.at(-1).objects")}
+    assert errors == [] or all("WebSocket" in e or "Failed to load resource" in e for e in errors), errors
+
+
+def test_phone_sized_screen_and_no_token_in_urls(serve_tiny, browser, tmp_path) -> None:  # noqa: ANN001
+    clip = still_then_moving(2, 6, 120, 160)
+    files = []
+    for i, (img, _) in enumerate(clip):
+        p = tmp_path / f"{i:05d}.png"
+        Image.fromarray(img).save(p)
+        files.append(str(p))
+    b = browser(None)
+    page = b.new_page(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
+    errors = page_errors(page)
+    urls: list[str] = []
+    page.on("websocket", lambda ws: urls.append(ws.url))
+    page.on("request", lambda r: urls.append(r.url))
+    page.goto(serve_tiny.url + "/?record=1")
+    wait(page, "document.body.dataset.ready === '1'", 30)
+    page.set_input_files("#src-images", files)
+    wait(page, "window.lwl.phase === 'preview'", 30)
+    drag(page, clip[0][1])
+    page.click("#btn-start")
+    wait(page, "window.lwl.phase === 'done'", 60)
+    shot(page, "phone")
+    # nothing wider than the screen; the frame fits it
+    assert page.evaluate("() => document.documentElement.scrollWidth") <= 390
+    assert page.locator("#view").bounding_box()["width"] <= 390
+    assert page.locator("#btn-start").bounding_box()["height"] >= 30  # finger-sized
+    # the session token never travels in a URL (REST: header; WebSocket: first message)
+    assert urls and not [u for u in urls if "token" in u.lower()], urls
+    assert any(u.startswith("ws://") and "/stream" in u for u in urls)
+    assert errors == []
