@@ -4,7 +4,7 @@ VENV    ?= .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 
-.PHONY: install demo test lint lint-deploy bench clean train-default
+.PHONY: install demo test lint lint-deploy bench clean train-default screenshots
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -31,6 +31,11 @@ test: $(STAMP)
 train-default: $(STAMP)
 	$(BIN)/lwl train model/train/configs/compact_lite0.yaml
 	$(BIN)/lwl train model/train/configs/compact_lite0_box.yaml
+
+## screenshots: the browser tests save the pictures of docs/WEB.md and README to docs/img/
+screenshots: $(STAMP)
+	bash .ci/ensure-browser.sh
+	LWL_SCREENSHOT_DIR=docs/img OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q tests/e2e/browser/test_web_page.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -41,7 +41,7 @@ class Settings(BaseSettings):
     snapshot_every: int = Field(8, ge=1)
     torch_threads: int = Field(0, ge=0)  # 0 = torch's choice, capped at the cores allowed
     web_ui: bool = True  # the web page at / (service/web/)
-    web_frame_ancestors: str = "'self'"  # CSP frame-ancestors of the page: who may embed it in a frame
+    web_frame_ancestors: str = "self"  # CSP frame-ancestors of the page: who may embed it (self, none, origins)
 
     @property
     def max_upload_bytes(self) -> int:

@@ -16,6 +16,13 @@ from fastapi.staticfiles import StaticFiles
 WEB_DIR = Path(__file__).resolve().parent / "web"
 
 
+def csp_sources(text: str) -> str:
+    """`self https://portal.example.com` -> `'self' https://portal.example.com`: the keywords quoted, so the
+    setting needs no quotes (which env files and ConfigMaps treat differently)."""
+    words = text.replace(",", " ").split() or ["'self'"]
+    return " ".join(f"'{w}'" if w.lower() in ("self", "none") else w for w in words)
+
+
 def content_security_policy(frame_ancestors: str) -> str:
     """Only our own scripts, styles and connections; frames and images may be blobs or data URLs.
 
@@ -33,11 +40,11 @@ def content_security_policy(frame_ancestors: str) -> str:
         "object-src 'none'",
         "base-uri 'none'",
         "form-action 'self'",
-        f"frame-ancestors {frame_ancestors}",
+        f"frame-ancestors {csp_sources(frame_ancestors)}",
     ])
 
 
-def mount_web(app: FastAPI, frame_ancestors: str = "'self'") -> None:
+def mount_web(app: FastAPI, frame_ancestors: str = "self") -> None:
     """Serve the page at `/` and its assets under `/web/`, each answer with the security headers."""
     csp = content_security_policy(frame_ancestors)
     headers = {"Content-Security-Policy": csp, "X-Content-Type-Options": "nosniff",

@@ -15,6 +15,7 @@ import json
 import os
 import zipfile
 from pathlib import Path
+from urllib.parse import quote
 
 import av
 import httpx
@@ -157,7 +158,7 @@ def test_page_is_served_with_a_csp_and_reads_the_service(serve_tiny, browser) ->
 # ---------------------------------------------------------------- camera (bundled model)
 
 
-@pytest.mark.parametrize("how", ["url", "mouse"])
+@pytest.mark.parametrize("how", ["url", "mouse", "mask-url"])
 def test_camera_box_starts_a_session_and_masks_follow_the_object(cluster_factory, browser, tmp_path, how) -> None:  # noqa: ANN001
     c = cluster_factory(False, LWL_WEIGHTS="", LWL_CROP_SIZE="")  # the bundled model, its own crop
     c.start("serve")
@@ -169,6 +170,13 @@ def test_camera_box_starts_a_session_and_masks_follow_the_object(cluster_factory
     if how == "url":
         url = c.url + f"/?source=camera&box={','.join(map(str, loose))}&start=1&record=1"
         page, errors = open_page(browser, url, camera)
+    elif how == "mask-url":  # a first-frame mask passed inline, as a kiosk would
+        m = np.zeros(clip[0][0].shape[:2], np.uint8)
+        m[y : y + h, x : x + w] = 255
+        buf = io.BytesIO()
+        Image.fromarray(m).save(buf, format="PNG")
+        data = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+        page, errors = open_page(browser, c.url + "/?source=camera&start=1&record=1&mask=" + quote(data), camera)
     else:
         page, errors = open_page(browser, c.url + "/?record=1", camera)
         page.click("#src-camera")
@@ -195,6 +203,15 @@ def test_camera_box_starts_a_session_and_masks_follow_the_object(cluster_factory
     assert np.mean(moved) >= 0.5, (ious, shifts)
     status = page.text_content("#status")
     assert "latency" in status and page.text_content("#st-latency") != "–"
+    if how == "mouse":  # paused: paint a second object on the background and send it
+        page.keyboard.press("n")
+        page.keyboard.press("p")
+        n = len(results)
+        paint(page, [(230, 30), (270, 34), (272, 60), (236, 62), (250, 46)])
+        page.keyboard.press("c")
+        wait(page, f"window.lwl.results.length === {n + 1}", 60)
+        assert sorted(map(int, page.evaluate("() => Object.keys(window.lwl.objects)"))) == [1, 2]
+        shot(page, "paused-edit")
     assert errors == []
 
 
@@ -305,7 +322,6 @@ def test_correction_added_and_removed_object_change_what_comes_back(serve_tiny, 
     page.keyboard.press("c")
     wait(page, f"window.lwl.results.length === {before + 2}", 60)
     assert sorted(map(int, page.evaluate("() => Object.keys(window.lwl.objects)"))) == [1, 2]
-    shot(page, "paused-edit")
 
     page.keyboard.press("Space")  # resume: later frames carry both objects
     wait(page, f"window.lwl.results.length >= {before + 5}", 60)
@@ -418,7 +434,8 @@ def test_a_dropped_connection_offers_reconnect_then_restart(cluster_factory, bro
     wait(page, "window.lwl.phase === 'preview'", 30)
     page.keyboard.press("p")  # paint the square (the bundled model starts far better from a mask than a box)
     x, y, w, h = clip[0][1]
-    paint(page, [(x + 6, y + 6), (x + w - 6, y + 8), (x + w - 6, y + h - 6), (x + 8, y + h - 6), (x + w / 2, y + h / 2)])
+    paint(page, [(x + 6, y + 6), (x + w - 6, y + 8), (x + w - 6, y + h - 6), (x + 8, y + h - 6),
+                 (x + w / 2, y + h / 2)])
     page.click("#btn-start")
     wait(page, "window.lwl.counts.answered >= 2", 60)
     serve.stop()  # the service goes away mid-stream
@@ -473,4 +490,69 @@ def test_phone_sized_screen_and_no_token_in_urls(serve_tiny, browser, tmp_path) 
     # the session token never travels in a URL (REST: header; WebSocket: first message)
     assert urls and not [u for u in urls if "token" in u.lower()], urls
     assert any(u.startswith("ws://") and "/stream" in u for u in urls)
+    assert errors == []
+
+
+def test_a_model_without_box_encoder_offers_the_brush_only(cluster_factory, browser, tmp_path) -> None:  # noqa: ANN001
+    from model.testing import tiny_weights
+
+    c = cluster_factory(False, LWL_WEIGHTS=str(tiny_weights(tmp_path / "nobox.safetensors", with_box=False)))
+    c.start("serve")
+    c.wait_ready(workers=1)
+    assert httpx.get(c.url + "/v1/info").json()["models"][0]["box_init"] is False
+    page, errors = open_page(browser, c.url + "/")
+    assert page.is_disabled("#tool-box")
+    assert page.get_attribute("#tool-brush", "aria-pressed") == "true"
+    assert "mask start only" in page.text_content("#model-info")
+    page.keyboard.press("b")  # the shortcut explains instead of switching
+    assert "no box encoder" in message(page)
+    assert errors == []
+
+
+def _png(arr: np.ndarray, mode: str, **save: object) -> bytes:
+    """A mask picture as people and tools write them (Pillow's encoder picks filters and bit depths)."""
+    from model.media import DAVIS_PALETTE
+
+    buf = io.BytesIO()
+    im = Image.fromarray(arr)
+    if mode == "P":
+        im = Image.fromarray(arr.astype(np.uint8), mode="P")
+        im.putpalette(DAVIS_PALETTE.reshape(-1).tolist())
+    elif mode == "P4":  # a small palette: Pillow writes 4 bits per pixel
+        im = Image.fromarray(arr.astype(np.uint8), mode="P")
+        im.putpalette(DAVIS_PALETTE[:16].reshape(-1).tolist())
+    else:
+        im = im.convert(mode)
+    im.save(buf, format="PNG", **save)
+    return buf.getvalue()
+
+
+def test_the_page_reads_masks_as_the_service_does(serve_tiny, browser) -> None:  # noqa: ANN001
+    """The page's PNG reader (results and URL masks) against model.media.read_label_png, id 7 and 128 too
+    (their palette colours repeat grey levels, so a canvas could not tell them apart)."""
+    from model.media import read_label_png
+
+    rng = np.random.default_rng(1)
+    ids = rng.choice(np.array([0, 1, 2, 7, 21, 128, 200], np.uint8), size=(37, 53))
+    few = rng.choice(np.array([0, 1, 3, 7], np.uint8), size=(37, 53))
+    binary = (rng.random((37, 53)) > 0.6).astype(np.uint8) * 255
+    cases = {
+        "indexed": _png(ids, "P"), "indexed-4bit": _png(few, "P4"), "indexed-optimised": _png(ids, "P", optimize=True),
+        "grey-ids": _png(ids, "L"), "grey-binary": _png(binary, "L"), "rgb-binary": _png(binary, "RGB"),
+        "rgba-binary": _png(binary, "RGBA"), "one-bit": _png(binary, "1"),
+    }
+    page, errors = open_page(browser, serve_tiny.url + "/")
+    for name, data in cases.items():
+        got = page.evaluate("""async (b64) => {
+            const m = await import('./web/js/labels.js');
+            const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+            return Array.from(await m.labelsFromImage(new Blob([bytes]), 53, 37));
+        }""", base64.b64encode(data).decode())
+        want = read_label_png(data)
+        assert np.array_equal(np.asarray(got, np.uint8).reshape(37, 53), want), name
+    got = page.evaluate("""async (b64) => {
+        const m = await import('./web/js/labels.js');
+        return Array.from((await m.decodeLabelPng(Uint8Array.from(atob(b64), (c) => c.charCodeAt(0)))).labels);
+    }""", base64.b64encode(cases["indexed"]).decode())
+    assert np.array_equal(np.asarray(got, np.uint8).reshape(37, 53), ids)
     assert errors == []
