@@ -153,10 +153,29 @@ function maskIds(png) {
     }
     return out;
   }
+  return colourIds(samples, channels, n);
+}
+
+/** Colour masks, as the service reads them: one colour = object 1; several palette colours = their ids;
+ * other colours = 1, 2, ... in order of first appearance (row by row). Transparent = background. */
+function colourIds(samples, channels, n) {
+  const keys = new Int32Array(n), order = [];
+  const seen = new Map();
   for (let i = 0; i < n; i++) {
     const p = i * channels;
-    out[i] = samples[p] || samples[p + 1] || samples[p + 2] ? 1 : 0;
+    const alpha = channels === 4 ? samples[p + 3] : 255;
+    const k = alpha ? (samples[p] << 16) | (samples[p + 1] << 8) | samples[p + 2] : 0;
+    keys[i] = k;
+    if (k && !seen.has(k)) { seen.set(k, 0); order.push(k); }
   }
+  if (order.length > 32) throw new Error(`the mask has ${order.length} colours: save it as an indexed PNG`);
+  const byColour = new Map();
+  for (let id = 255; id >= 0; id--) { const [r, g, b] = PALETTE[id] || [0, 0, 0]; byColour.set((r << 16) | (g << 8) | b, id); }
+  const pal = order.map((k) => byColour.get(k) || 0);
+  const usePalette = order.length > 1 && pal.every((id) => id >= 1 && id <= 254);
+  order.forEach((k, i) => seen.set(k, order.length === 1 ? 1 : usePalette ? pal[i] : i + 1));
+  const out = new Uint8Array(n);
+  for (let i = 0; i < n; i++) if (keys[i]) out[i] = seen.get(keys[i]);
   return out;
 }
 

@@ -530,13 +530,21 @@ def _png(arr: np.ndarray, mode: str, **save: object) -> bytes:
 def test_the_page_reads_masks_as_the_service_does(serve_tiny, browser) -> None:  # noqa: ANN001
     """The page's PNG reader (results and URL masks) against model.media.read_label_png, id 7 and 128 too
     (their palette colours repeat grey levels, so a canvas could not tell them apart)."""
-    from model.media import read_label_png
+    from model.media import DAVIS_PALETTE, read_label_png
 
     rng = np.random.default_rng(1)
     ids = rng.choice(np.array([0, 1, 2, 7, 21, 128, 200], np.uint8), size=(37, 53))
     few = rng.choice(np.array([0, 1, 3, 7], np.uint8), size=(37, 53))
     binary = (rng.random((37, 53)) > 0.6).astype(np.uint8) * 255
+    two = np.zeros((37, 53, 3), np.uint8)
+    two[3:9, 4:20] = (250, 10, 10)
+    two[20:30, 30:50] = (10, 10, 250)
+    two[12:16, 2:8] = (250, 10, 10)
+    pal = np.zeros((37, 53, 3), np.uint8)
+    pal[3:9, 4:20] = DAVIS_PALETTE[3]
+    pal[20:30, 30:50] = DAVIS_PALETTE[7]
     cases = {
+        "rgb-two-colours": _png(two, "RGB"), "rgb-palette-colours": _png(pal, "RGB"),
         "indexed": _png(ids, "P"), "indexed-4bit": _png(few, "P4"), "indexed-optimised": _png(ids, "P", optimize=True),
         "grey-ids": _png(ids, "L"), "grey-binary": _png(binary, "L"), "rgb-binary": _png(binary, "RGB"),
         "rgba-binary": _png(binary, "RGBA"), "one-bit": _png(binary, "1"),
