@@ -32,6 +32,7 @@ from model.errors import InputError
 from service import __version__, obs
 from service.backends import MemoryBackend, RedisBackend
 from service.codec import pack
+from service.docs import mount_docs
 from service.schemas import (
     ErrorBody,
     FrameResultOut,
@@ -266,12 +267,13 @@ def create_app(settings: Settings, backend: RedisBackend | MemoryBackend, worker
             await worker.stop()
         await backend.close()
 
-    app = FastAPI(title="lwl-vos", version=__version__, lifespan=lifespan,
+    app = FastAPI(title="lwl-vos", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Video object segmentation (LWL): live sessions over REST/WebSocket, "
                   "video jobs. "
                   "See docs/API.md for the WebSocket protocol.")
     app.state.service = svc
     app.state.worker = worker
+    mount_docs(app)  # /docs and /redoc with their assets served here, not from a CDN
     if settings.cors_list:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_list, allow_methods=["*"],
                            allow_headers=["*"])
