@@ -9,6 +9,7 @@ import os
 import signal
 import sys
 
+from service import __version__
 from service.settings import Settings
 
 log = logging.getLogger("lwl.cli")
@@ -126,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     from model import cli as model_cli
 
     parser = argparse.ArgumentParser(prog="lwl", description="LWL video object segmentation")
+    parser.add_argument("--version", action="version", version=f"lwl-vos {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("api", help="run a stateless api replica (FastAPI/uvicorn; needs Redis)")
     _common(p)
