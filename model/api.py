@@ -6,20 +6,24 @@ ones. See docs/ARCHITECTURE.md for the whole contract.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from model.checkpoint import build_from_weights, read_weights
-from model.config import NetConfig, TrackerParams
+from model.config import NetConfig, TrackerParams, parse_size
 from model.errors import InputError
 from model.network import LWLNet
 from model.tracker import FrameResult, ObjectResult, Tracker
+from model.video import Annotation, SegmentedFrame, segment_video
 
 BUNDLED_WEIGHTS = Path(__file__).resolve().parent / "weights" / "default.safetensors"
 
-__all__ = ["FrameResult", "Model", "ObjectResult", "Tracker", "load_model", "resolve_device", "BUNDLED_WEIGHTS"]
+__all__ = ["FrameResult", "Model", "ObjectResult", "Tracker", "load_model", "resolve_device", "parse_size",
+           "BUNDLED_WEIGHTS"]
 
 
 def resolve_device(device: str | None) -> torch.device:
@@ -36,17 +40,6 @@ def resolve_device(device: str | None) -> torch.device:
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
     return dev
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    """'HxW' -> (H, W), multiples of 16."""
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise InputError(f"size {text!r} must look like HxW, e.g. 480x832") from None
-    if h % 16 or w % 16 or h < 32 or w < 32:
-        raise InputError(f"size {text!r}: height and width must be multiples of 16 and at least 32")
-    return h, w
 
 
 @dataclass
@@ -73,6 +66,22 @@ class Model:
     def restore_tracker(self, blob: bytes) -> Tracker:
         return Tracker.restore(self.net, blob, self.device)
 
+    def segment_video(self, source: str | Path, mask: str | Path | np.ndarray | None = None,
+                      boxes: dict[int, tuple[float, float, float, float]] | None = None, init_frame: int = 0,
+                      **kw: object) -> Iterator[SegmentedFrame]:
+        """Segment a video file or a folder of frames from a mask and/or boxes on frame `init_frame`; yields
+        every frame in order (model.video.segment_video, which takes more options)."""
+        from model.media import FrameSource, read_label_png
+
+        m = read_label_png(mask) if isinstance(mask, (str, Path)) else mask
+        return segment_video(self, FrameSource(source), {init_frame: Annotation(m, boxes)}, **kw)
+
+    @classmethod
+    def from_net(cls, net: LWLNet, config: NetConfig, preset: str = "lwl_ytvos", device: str | torch.device = "cpu",
+                 name: str = "in-memory") -> Model:
+        """A Model around a network already in memory (the trainer validates without writing a file)."""
+        return cls(net, config, TrackerParams.preset(preset), torch.device(device), name)
+
 
 def load_model(weights: str | Path | None = None, device: str | None = None, preset: str | None = None) -> Model:
     """Load official `.pth` or our `.safetensors` weights (None: the bundled default model)."""
@@ -82,6 +91,11 @@ def load_model(weights: str | Path | None = None, device: str | None = None, pre
     w = read_weights(path)
     dev = resolve_device(device)
     net = build_from_weights(w).to(dev)
+    if w.meta.get("ablation"):  # an ablation checkpoint needs its module swap, or untrained parts would run
+        from model.train.ablation import apply_ablation
+
+        apply_ablation(net, w.meta["ablation"])
+    net.eval()
     params = TrackerParams.preset(preset or w.tracker_preset)
     name = "default" if weights is None else path.stem
     return Model(net, w.config, params, dev, name)

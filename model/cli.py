@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 import functools
+import os
+import shutil
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
-
 from model.errors import InputError
+from model.video import Annotation
 
 
 def user_errors(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
@@ -39,80 +40,66 @@ def parse_box(text: str) -> tuple[float, float, float, float]:
     return x, y, w, h
 
 
-class FrameSource:
-    """Frames of a folder or a video file, with the names used for the output PNGs."""
-
-    def __init__(self, source: str | Path) -> None:
-        from model.media import list_frames
-
-        self.path = Path(source)
-        if not self.path.exists():
-            raise InputError(f"source not found: {self.path}")
-        self.files = list_frames(self.path) if self.path.is_dir() else None
-
-    def __iter__(self) -> Iterator[tuple[str, np.ndarray]]:
-        from model.media import iter_video_frames, read_image
-
-        if self.files is not None:
-            for f in self.files:
-                yield f.stem, read_image(f)
-        else:
-            for i, frame in enumerate(iter_video_frames(self.path)):
-                yield f"{i:05d}", frame
-
-    def __len__(self) -> int:
-        if self.files is not None:
-            return len(self.files)
-        from model.media import video_info
-
-        return video_info(self.path)[0]
-
-
-def _annotations(args: argparse.Namespace) -> tuple[dict[str, np.ndarray], dict[int, tuple]]:
-    """Init masks keyed by frame name ('' = the first frame) and boxes for the first frame."""
+def _annotations(args: argparse.Namespace) -> dict[int | str, Annotation]:
+    """Objects to start from: --mask/--box on the first frame, or --annotations keyed by frame name."""
     from model.media import read_label_png
 
     given = [bool(args.annotations), bool(args.mask), bool(args.box)]
     if sum(given) != 1:
         raise InputError("give exactly one of --annotations DIR, --mask PNG or --box x,y,w,h")
     if args.mask:
-        return {"": read_label_png(args.mask)}, {}
+        return {0: Annotation(mask=read_label_png(args.mask))}
     if args.box:
-        return {}, {k + 1: parse_box(b) for k, b in enumerate(args.box)}
+        return {0: Annotation(boxes={k + 1: parse_box(b) for k, b in enumerate(args.box)})}
     folder = Path(args.annotations)
     if not folder.is_dir():
         raise InputError(f"annotation folder not found: {folder}")
-    anns = {p.stem: read_label_png(p) for p in sorted(folder.glob("*.png"))}
+    anns: dict[int | str, Annotation] = {p.stem: Annotation(mask=read_label_png(p))
+                                         for p in sorted(folder.glob("*.png"))}
     if not anns:
         raise InputError(f"no .png annotations in {folder}")
-    return anns, {}
+    return anns
 
 
-def _segment_frames(tracker, frames: list[np.ndarray], names: list[str], anns: dict[str, np.ndarray],
-                    boxes: dict[int, tuple], corrections: bool, on_frame: Callable[[str, np.ndarray], None],
-                    bar) -> None:
-    """Forward pass: objects start where their id first appears; later known ids are corrections or ignored."""
-    for i, (name, frame) in enumerate(zip(names, frames, strict=True)):
-        ann = anns.get(name)
-        if i == 0 and "" in anns:
-            ann = anns[""]
-        mask, b = None, (boxes if i == 0 else None)
-        if ann is not None:
-            new_ids = [int(v) for v in np.unique(ann) if v not in (0, 255) and int(v) not in tracker.object_ids]
-            if new_ids or not tracker.object_ids:
-                mask = ann if not tracker.object_ids else np.where(np.isin(ann, new_ids), ann, 0).astype(np.uint8)
-        if not tracker.object_ids and mask is None and not b:
-            on_frame(name, np.zeros(frame.shape[:2], np.uint8))
-            bar.update(1)
-            continue
-        res = tracker.step(frame, mask=mask, boxes=b)
-        if ann is not None and corrections and i > 0:
-            known = [v for v in np.unique(ann) if v not in (0, 255) and v in tracker.object_ids and (mask is None or
-                                                                                               v not in mask)]
-            if known:
-                res = tracker.correct(np.where(np.isin(ann, known), ann, 0).astype(np.uint8))
-        on_frame(name, res.labels)
-        bar.update(1)
+def _check_names(anns: dict[int | str, Annotation], names: list[str] | None) -> None:
+    """Fail before decoding anything when no annotation can match a frame."""
+    keys = {k for k, a in anns.items() if a.ids()}
+    if not keys:
+        raise InputError("the annotations have no objects (every mask is empty)")
+    if names is not None:
+        ok = keys & (set(names) | set(range(len(names))))
+    else:  # a video's frames are named 00000, 00001, ...
+        ok = {k for k in keys if isinstance(k, int) or k.isdigit()}
+    if not ok:
+        raise InputError("no annotation file matches a frame name (frames: "
+                         f"{', '.join((names or ['00000', '00001'])[:2])}, ...)")
+
+
+class OutputFolder:
+    """Masks are written to a hidden sibling folder and moved into place only when the run succeeds, so
+    a failed or interrupted run leaves nothing half-written behind."""
+
+    def __init__(self, out: str | Path) -> None:
+        self.out = Path(out)
+        self.tmp = self.out.parent / f".{self.out.name}.partial-{os.getpid()}"
+        try:
+            if self.out.exists() and not self.out.is_dir():
+                raise InputError(f"--out {self.out} exists and is not a folder")
+            self.tmp.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise InputError(f"cannot write to {self.out}: {exc.strerror or exc}") from None
+
+    def commit(self) -> int:
+        """Move every written file into --out; returns how many."""
+        self.out.mkdir(parents=True, exist_ok=True)
+        files = sorted(self.tmp.iterdir())
+        for f in files:
+            os.replace(f, self.out / f.name)
+        self.tmp.rmdir()
+        return len(files)
+
+    def discard(self) -> None:
+        shutil.rmtree(self.tmp, ignore_errors=True)
 
 
 @user_errors
@@ -120,45 +107,48 @@ def cmd_segment(args: argparse.Namespace) -> int:
     """`lwl segment SOURCE --out DIR`: offline segmentation of a folder of frames or a video."""
     from tqdm import tqdm
 
-    from model.api import load_model, parse_size
-    from model.media import write_label_png
+    from model.api import load_model
+    from model.config import parse_size
+    from model.media import FrameSource, write_label_png
+    from model.overlay import OverlayWriter
+    from model.threads import set_cpu_threads
+    from model.video import segment_video
 
-    anns, boxes = _annotations(args)
+    set_cpu_threads(args.threads)
+    anns = _annotations(args)
     src = FrameSource(args.source)
-    model = load_model(args.weights, args.device, args.params)
+    _check_names(anns, src.names)
     crop = parse_size(args.size) if args.size else None
-    out = Path(args.out)
-    frames, names = [], []
-    for name, frame in src:
-        frames.append(frame)
-        names.append(name)
-    if not frames:
-        raise InputError(f"no frames in {args.source}")
-    first = 0
-    if "" not in anns and not boxes:
-        hits = [i for i, n in enumerate(names) if n in anns and (anns[n][(anns[n] != 0) & (anns[n] != 255)]).any()]
-        if not hits:
-            raise InputError("no annotation file matches a frame name (or all annotations are empty)")
-        first = hits[0]
-    out.mkdir(parents=True, exist_ok=True)
-
-    def save(name: str, labels: np.ndarray) -> None:
-        write_label_png(out / f"{name}.png", labels)
-
-    with tqdm(total=len(frames) + first, desc="segment", unit="frame", disable=args.quiet) as bar:
-        tr = model.new_tracker(crop)
-        _segment_frames(tr, frames[first:], names[first:], anns, boxes, args.corrections, save, bar)
-        if first > 0:
-            back = model.new_tracker(crop)
-            rev = list(range(first, -1, -1))
-            start = {names[first]: anns[names[first]]}
-            results: dict[str, np.ndarray] = {}
-            _segment_frames(back, [frames[i] for i in rev], [names[i] for i in rev], start, {}, False,
-                            results.__setitem__, bar)
-            for i in range(first):
-                save(names[i], results[names[i]])
+    model = load_model(args.weights, args.device, args.params)
+    out = OutputFolder(args.out)
+    overlay_path = Path(args.overlay) if args.overlay else None
+    overlay = None
+    try:
+        if overlay_path is not None:
+            try:
+                overlay = OverlayWriter(overlay_path.with_name(overlay_path.name + ".partial"), fps=src.fps)
+            except OSError as exc:
+                raise InputError(f"cannot write the overlay {overlay_path}: {exc.strerror or exc}") from None
+        with tqdm(total=len(src) or None, desc="segment", unit="frame", disable=args.quiet) as bar:
+            for f in segment_video(model, src, anns, crop_size=crop, corrections=args.corrections,
+                                   on_progress=lambda n: bar.update(n - bar.n)):
+                write_label_png(out.tmp / f"{f.name}.png", f.labels)
+                if overlay is not None:
+                    overlay.write(f.image, f.labels, {k: o.box for k, o in f.objects.items()})
+        if overlay is not None:
+            overlay.close()
+            os.replace(overlay.path, overlay_path)
+            overlay = None
+        n = out.commit()
+    except BaseException:
+        out.discard()
+        if overlay is not None:
+            overlay.close()
+            overlay.path.unlink(missing_ok=True)
+        raise
     if not args.quiet:
-        print(f"wrote {len(frames)} masks to {out}", file=sys.stderr)
+        extra = f" and the overlay {overlay_path}" if overlay_path else ""
+        print(f"wrote {n} masks to {out.out}{extra}", file=sys.stderr)
     return 0
 
 
@@ -191,6 +181,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     p.add_argument("--params", choices=["lwl_ytvos", "lwl_boxinit"],
                    help="tracker parameter set (default: lwl_boxinit for box-init checkpoints, else lwl_ytvos)")
+    p.add_argument("--overlay", metavar="OUT.mp4",
+                   help="also write a video of the frames with the masks drawn on (outlines, object numbers; "
+                        "the source's frame rate, 25 fps for a folder)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch CPU threads (default: the cores this process may use)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_segment)
 

@@ -5,6 +5,19 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
+from model.errors import InputError
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """'HxW' -> (H, W): a crop size for the network, sides multiples of 16 and at least 32."""
+    try:
+        h, w = (int(v) for v in str(text).lower().split("x"))
+    except ValueError:
+        raise InputError(f"size {text!r} must look like HxW, e.g. 240x432") from None
+    if h % 16 or w % 16 or h < 32 or w < 32:
+        raise InputError(f"size {text!r}: height and width must be multiples of 16 and at least 32")
+    return h, w
+
 
 @dataclass(frozen=True)
 class NetConfig:

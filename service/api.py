@@ -522,7 +522,7 @@ def create_app(settings: Settings, backend: RedisBackend | MemoryBackend, worker
                     f.write(chunk)
             mdata = await read_upload(mask, limit, "mask")
             bx = parse_boxes(boxes)
-            count, hw, fps = await asyncio.to_thread(_probe_video, d / "input.video", init_frame)
+            count, hw, fps = await asyncio.to_thread(_probe_video, d / "input.video")
             if hw[0] * hw[1] > settings.max_frame_pixels:
                 raise ApiError(413, "frame_too_large", f"video frames are {hw[1]}x{hw[0]}, more than "
                                f"LWL_MAX_FRAME_PIXELS={settings.max_frame_pixels}")
@@ -590,23 +590,16 @@ def create_app(settings: Settings, backend: RedisBackend | MemoryBackend, worker
     return app
 
 
-def _probe_video(path: Path, init_frame: int) -> tuple[int, tuple[int, int], float]:
-    """Decode the whole upload once: frame count, frame size (of init_frame), fps; 400 if undecodable."""
-    import av
+def _probe_video(path: Path) -> tuple[int, tuple[int, int], float]:
+    """Decode the whole upload once (model.media.probe_video): frame count, frame size, fps; 400 if
+    undecodable."""
+    from model.media import probe_video
 
-    from model.media import iter_video_frames
-
-    count, hw = 0, (0, 0)
     try:
-        for i, frame in enumerate(iter_video_frames(path)):
-            if i == 0 or i == init_frame:
-                hw = frame.shape[:2]
-            count += 1
-        with av.open(str(path)) as c:
-            rate = c.streams.video[0].average_rate
+        info = probe_video(path, count=True)
     except InputError as exc:
-        raise ApiError(400, "bad_video", str(exc)) from None
-    return count, hw, float(rate) if rate else 25.0
+        raise ApiError(400, "bad_video", str(exc).replace(str(path), "the upload")) from None
+    return info.frames or 0, (info.height, info.width), info.fps
 
 
 # ============================================================================ WebSocket relay

@@ -64,16 +64,11 @@ class Settings(BaseSettings):
 
 
 def parse_crop(text: str | None) -> tuple[int, int] | None:
-    """Parse "240x432" into (240, 432); raises ValueError with a readable message."""
-    if not text:
-        return None
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise ValueError(f"crop size must look like 240x432, got {text!r}") from None
-    if h <= 0 or w <= 0 or h % 16 or w % 16:
-        raise ValueError(f"crop size sides must be positive multiples of 16, got {text!r}")
-    return h, w
+    """Parse "240x432" into (240, 432) (model.config.parse_size); "" or None -> None (the model's default).
+    Raises ValueError with a readable message."""
+    from model.config import parse_size  # torch-free
+
+    return parse_size(text) if text else None
 
 
 @lru_cache(maxsize=1)

@@ -463,57 +463,39 @@ class Worker:
             obs.ERRORS.labels("job_internal").inc()
 
     def _job_body(self, jid: str, rec: dict[str, str], progress: Any) -> int:
-        from model.media import encode_label_png, iter_video_frames, read_label_png
-        from service.overlay import OverlayWriter
+        """One video job through the model's video pipeline (as `lwl segment`): masks zip, RLE, overlay."""
+        from model.media import FrameSource, encode_label_png, read_label_png
+        from model.overlay import OverlayWriter
+        from model.video import Annotation, segment_video
 
         d = Path(self.s.results_dir) / "jobs" / jid
         init = int(rec.get("init_frame") or 0)
         mask = read_label_png((d / "mask.png").read_bytes()) if (d / "mask.png").exists() else None
         boxes = {int(k): tuple(v) for k, v in json.loads(rec.get("boxes") or "{}").items()} or None
         crop = parse_crop(rec.get("crop_size")) or self.s.crop_tuple()
-        tracker = self.model.new_tracker(crop_size=crop)
-        fps = float(rec.get("fps") or 25.0)
-        overlay = OverlayWriter(d / "overlay.mp4.part", fps=fps)
+        overlay = OverlayWriter(d / "overlay.mp4.part", fps=float(rec.get("fps") or 25.0))
         frames_rle: list[dict[str, Any]] = []
-        head: list[np.ndarray] = []  # frames before init_frame, segmented backwards as `lwl segment` does
         n = 0
+        clock = [time.perf_counter()]
 
-        def emit(i: int, frame: np.ndarray, res: Any) -> None:
-            labels = res.labels if res is not None else np.zeros(frame.shape[:2], np.uint8)
-            objects = [] if res is None else [
-                {"id": int(oid), "score": float(o.score), "area": int(o.area),
-                 "box": [float(v) for v in o.box] if o.box is not None else None,
-                 "segmentation": rle_encode(labels == oid)} for oid, o in res.objects.items()]
-            zf.writestr(f"{i:05d}.png", encode_label_png(labels))
-            frames_rle.append({"frame_index": i, "objects": objects})
-            overlay.write(frame, labels)
-
-        def step(tr: Any, frame: np.ndarray, first: bool) -> Any:
-            t0 = time.perf_counter()
-            res = tr.step(frame, mask=mask, boxes=boxes) if first else tr.step(frame)
-            obs.LATENCY.labels("model").observe(time.perf_counter() - t0)
+        def tick(done: int) -> None:  # time per segmented frame, and progress every 5 frames
+            now = time.perf_counter()
+            obs.LATENCY.labels("model").observe(now - clock[0])
+            clock[0] = now
             obs.FRAMES.inc()
-            return res
+            if done % 5 == 0:
+                progress(done)
 
         with zipfile.ZipFile(d / "masks.zip.part", "w", zipfile.ZIP_STORED) as zf:
-            for i, frame in enumerate(iter_video_frames(d / rec["input"])):
-                if i < init:
-                    head.append(frame)
-                    continue
-                if i == init and head:
-                    back = self.model.new_tracker(crop_size=crop)
-                    results = [step(back, f, k == 0) for k, f in enumerate([frame, *reversed(head)])][1:]
-                    for k, (f, res) in enumerate(zip(head, reversed(results), strict=True)):
-                        emit(k, f, res)
-                    head = []
-                emit(i, frame, step(tracker, frame, i == init))
-                n = i + 1
-                if n % 5 == 0:
-                    progress(n)
-            n = max(n, len(head))
+            for f in segment_video(self.model, FrameSource(d / rec["input"]), {init: Annotation(mask, boxes)},
+                                   crop_size=crop, on_progress=tick):
+                zf.writestr(f"{f.index:05d}.png", encode_label_png(f.labels))
+                frames_rle.append({"frame_index": f.index, "objects": [
+                    {"id": oid, "score": o.score, "area": o.area, "box": list(o.box) if o.box is not None else None,
+                     "segmentation": rle_encode(f.labels == oid)} for oid, o in f.objects.items()]})
+                overlay.write(f.image, f.labels, {k: o.box for k, o in f.objects.items()})
+                n = f.index + 1
         overlay.close()
-        if n <= init:
-            raise InputError(f"init_frame {init} is beyond the video's {n} frames")
         (d / "rle.json").write_text(json.dumps({"job_id": jid, "frames": frames_rle}))
         (d / "masks.zip.part").rename(d / "masks.zip")
         (d / "overlay.mp4.part").rename(d / "overlay.mp4")

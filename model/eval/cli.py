@@ -27,30 +27,20 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
+    from model.api import load_model
+    from model.eval.runner import CopyFirstModel, evaluate_davis, format_table, write_results
 
-    from model.eval.runner import (
-        copy_first_tracker,
-        evaluate_davis,
-        format_table,
-        load_tracker_factory,
-        write_results,
-    )
-
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     crop = tuple(args.crop) if args.crop else None
-    if args.baseline == "copy-first":
-        factory, name = copy_first_tracker, "copy-first-mask"
-    else:
-        factory, name = load_tracker_factory(args.weights, device, crop)
+    model = CopyFirstModel() if args.baseline == "copy-first" else load_model(args.weights, args.device)
+    name = model.name
     if args.youtubevos:
         from model.eval.ytvos import export_youtubevos
 
-        path = export_youtubevos(factory, args.data, args.out, args.sequences, log=print)
+        path = export_youtubevos(model, args.data, args.out, args.sequences, log=print, crop_size=crop)
         print(f"wrote {path}")
         return 0
-    scores, summary, info = evaluate_davis(factory, args.data, args.out, args.sequences, args.max_frames,
-                                           log=lambda s: print(s, flush=True))
+    scores, summary, info = evaluate_davis(model, args.data, args.out, args.sequences, args.max_frames,
+                                           log=lambda s: print(s, flush=True), crop_size=crop)
     info.update({"model": name, "data": str(args.data)})
     write_results(args.out, scores, summary, info)
     print(format_table(scores, summary))

@@ -13,39 +13,22 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from model.eval.metrics import ObjectScore, Summary, evaluate_sequence, summarise
+from model.media import read_image, read_label_png, write_label_png
+from model.video import Annotation, segment_video
 
 DEFAULT_WEIGHTS = Path(__file__).resolve().parents[1] / "weights" / "default.safetensors"
 
 
-def _palette() -> list[int]:
-    pal = []
-    for i in range(256):
-        r = g = b = 0
-        c = i
-        for j in range(8):
-            r |= ((c >> 0) & 1) << (7 - j)
-            g |= ((c >> 1) & 1) << (7 - j)
-            b |= ((c >> 2) & 1) << (7 - j)
-            c >>= 3
-        pal += [r, g, b]
-    return pal
-
-
-PALETTE = _palette()
-
-
 def write_png(path: Path, labels: np.ndarray) -> None:
-    """Indexed PNG with the DAVIS palette (what the toolkits and servers read)."""
-    im = Image.fromarray(labels.astype(np.uint8), mode="P")
-    im.putpalette(PALETTE)
+    """The label map as `lwl segment` writes it (model.media), its folder created."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    im.save(path)
+    write_label_png(path, labels)
 
 
 def list_sequences(root: Path, sequences: Sequence[str] | None = None) -> list[str]:
@@ -75,99 +58,67 @@ def read_sequence(root: Path, name: str, max_frames: int | None = None
     paths = sorted(p for p in (_img_root(root) / name).iterdir() if p.suffix.lower() in (".jpg", ".png"))
     if max_frames:
         paths = paths[:max_frames]
-    frames = [np.array(Image.open(p).convert("RGB")) for p in paths]
+    frames = [read_image(p) for p in paths]
     anns = {}
     for i, p in enumerate(paths):
         a = _ann_root(root) / name / (p.stem + ".png")
         if a.exists():
-            anns[i] = np.asarray(Image.open(a)).astype(np.uint8)
+            anns[i] = read_label_png(a)
     return [p.stem for p in paths], frames, anns
 
 
-TrackerFactory = Callable[[], Any]
+def track_sequence(model: Any, frames: list[np.ndarray], anns: dict[int, np.ndarray], init: str = "first",
+                   crop_size: tuple[int, int] | None = None) -> np.ndarray:
+    """Label maps (T, H, W) from the video pipeline (model.video) on a fresh tracker of `model`.
 
-
-def track_sequence(new_tracker: TrackerFactory, frames: list[np.ndarray], anns: dict[int, np.ndarray],
-                   init: str = "first") -> np.ndarray:
-    """Label maps (T, H, W) predicted by a fresh tracker."""
+    init='first': only the first frame's objects; 'first-appearance': an id whose first annotation
+    comes later starts on that frame (YouTube-VOS); later annotations of known ids are ignored.
+    """
     if 0 not in anns:
         raise ValueError("the first frame has no annotation")
-    tr = new_tracker()
+    given = anns if init == "first-appearance" else {0: anns[0]}
+    use = {t: Annotation(mask=np.where(a == 255, 0, a).astype(np.uint8)) for t, a in given.items()}
+    if not use[0].ids():
+        raise ValueError("the first annotation has no objects")
     out = np.zeros((len(frames), *frames[0].shape[:2]), np.uint8)
-    seen: set[int] = set()
-    for t, frame in enumerate(frames):
-        mask = None
-        if t == 0 or (init == "first-appearance" and t in anns):
-            lab = np.where(anns[t] == 255, 0, anns[t]).astype(np.uint8)
-            new_ids = set(np.unique(lab).tolist()) - {0} - seen
-            if new_ids:
-                mask = np.where(np.isin(lab, list(new_ids)), lab, 0).astype(np.uint8)
-                seen |= new_ids
-        if t == 0 and mask is None:
-            raise ValueError("the first annotation has no objects")
-        out[t] = tr.step(frame, mask=mask).labels
+    for f in segment_video(model, ((f"{t:05d}", fr) for t, fr in enumerate(frames)), use, crop_size=crop_size):
+        out[f.index] = f.labels
     return out
 
 
-def copy_first_tracker() -> Any:
-    """Baseline 'tracker' that repeats the first mask on every frame (J&F 25.1 on the reference set)."""
+class CopyFirstModel:
+    """Baseline 'model' that repeats the first mask on every frame (J&F 25.0 on the held-out videos)."""
 
-    class _Res:
-        def __init__(self, labels: np.ndarray) -> None:
-            self.labels = labels
+    name = "copy-first-mask"
 
-    class _Copy:
-        first: np.ndarray | None = None
+    class _Tracker:
+        def __init__(self) -> None:
+            self.first: np.ndarray | None = None
+            self.object_ids: list[int] = []
 
-        def step(self, frame: np.ndarray, mask: np.ndarray | None = None) -> _Res:
-            if self.first is None:
+        def step(self, frame: np.ndarray, mask: np.ndarray | None = None, boxes: Any = None) -> Any:
+            if self.first is None and mask is not None:
                 self.first = mask
-            return _Res(self.first if self.first is not None else np.zeros(frame.shape[:2], np.uint8))
+                self.object_ids = [int(v) for v in np.unique(mask) if v not in (0, 255)]
+            labels = self.first if self.first is not None else np.zeros(frame.shape[:2], np.uint8)
+            return SimpleNamespace(labels=labels, objects={})
 
-    return _Copy()
-
-
-def tracker_factory_for_net(net: Any, cfg: Any, preset: str = "lwl_ytvos", device: str = "cpu",
-                            crop_size: tuple[int, int] | None = None) -> TrackerFactory:
-    """Trackers on an in-memory network (the trainer validates without writing a file)."""
-    from model.config import TrackerParams
-    from model.tracker import Tracker
-
-    params = TrackerParams.preset(preset)
-    crop = tuple(crop_size or cfg.crop_size)
-    return lambda: Tracker(net, params, crop, device)
+    def new_tracker(self, crop_size: tuple[int, int] | None = None) -> Any:
+        return self._Tracker()
 
 
-def load_tracker_factory(weights: str | Path | None, device: str = "cpu",
-                         crop_size: tuple[int, int] | None = None) -> tuple[TrackerFactory, str]:
-    """Trackers for a weights file (project safetensors or official .pth); None = the bundled model."""
-    from model.checkpoint import build_from_weights, read_weights
-    from model.train.ablation import apply_ablation
-
-    path = Path(weights) if weights else DEFAULT_WEIGHTS
-    if weights is None and not path.exists():
-        from model.api import load_model  # the model engineer's loader knows where the bundle lives
-
-        m = load_model(weights=None, device=device)
-        return (lambda: m.new_tracker(crop_size=crop_size)), m.name
-    w = read_weights(path)
-    net = build_from_weights(w).to(device)
-    apply_ablation(net, w.meta.get("ablation"))
-    net.eval()
-    return tracker_factory_for_net(net, w.config, w.tracker_preset, device, crop_size), path.stem
-
-
-def evaluate_davis(new_tracker: TrackerFactory, data: str | Path, out: str | Path | None = None,
+def evaluate_davis(model: Any, data: str | Path, out: str | Path | None = None,
                    sequences: Sequence[str] | None = None, max_frames: int | None = None,
-                   init: str = "first", log: Callable[[str], None] | None = None
-                   ) -> tuple[list[ObjectScore], Summary, dict[str, Any]]:
-    """Track every sequence, optionally write PNGs under out/<seq>/, and score against the GT."""
+                   init: str = "first", log: Callable[[str], None] | None = None,
+                   crop_size: tuple[int, int] | None = None) -> tuple[list[ObjectScore], Summary, dict[str, Any]]:
+    """Track every sequence with `model` (model.api.Model or CopyFirstModel), optionally write PNGs under
+    out/<seq>/, and score against the ground truth."""
     root = Path(data)
     scores: list[ObjectScore] = []
     n_frames, t0 = 0, time.time()
     for name in list_sequences(root, sequences):
         stems, frames, anns = read_sequence(root, name, max_frames)
-        pred = track_sequence(new_tracker, frames, anns, init)
+        pred = track_sequence(model, frames, anns, init, crop_size)
         n_frames += len(frames)
         if out is not None:
             for stem, lab in zip(stems, pred, strict=True):

@@ -6,20 +6,20 @@ annotation (YouTube-VOS objects can appear mid-video), so the first-appearance p
 
 from __future__ import annotations
 
-import io
 import json
 import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-from PIL import Image
 
-from model.eval.runner import PALETTE, TrackerFactory, read_sequence, track_sequence
+from model.eval.runner import read_sequence, track_sequence
+from model.media import encode_label_png
 
 
-def export_youtubevos(new_tracker: TrackerFactory, data: str | Path, out_zip: str | Path,
-                      videos: Sequence[str] | None = None, log: Callable[[str], None] | None = None) -> Path:
+def export_youtubevos(model: Any, data: str | Path, out_zip: str | Path, videos: Sequence[str] | None = None,
+                      log: Callable[[str], None] | None = None, crop_size: tuple[int, int] | None = None) -> Path:
     """Track every video of a YouTube-VOS valid/test layout and write the submission zip."""
     root = Path(data)
     meta = json.loads((root / "meta.json").read_text())["videos"]
@@ -36,16 +36,12 @@ def export_youtubevos(new_tracker: TrackerFactory, data: str | Path, out_zip: st
             # the tracker starts at the first annotated frame; earlier frames are background
             pred = np.zeros((len(frames), *frames[0].shape[:2]), np.uint8)
             sub = {i - first: a for i, a in anns.items()}
-            pred[first:] = track_sequence(new_tracker, frames[first:], sub, init="first-appearance")
+            pred[first:] = track_sequence(model, frames[first:], sub, "first-appearance", crop_size)
             index = {s: i for i, s in enumerate(stems)}
             for stem in wanted:
                 if stem not in index:
                     raise ValueError(f"{name}: frame {stem} listed in meta.json but not in JPEGImages")
-                buf = io.BytesIO()
-                im = Image.fromarray(pred[index[stem]], mode="P")
-                im.putpalette(PALETTE)
-                im.save(buf, format="PNG")
-                zf.writestr(f"Annotations/{name}/{stem}.png", buf.getvalue())
+                zf.writestr(f"Annotations/{name}/{stem}.png", encode_label_png(pred[index[stem]]))
             if log:
                 log(f"{name}: {len(wanted)} frames")
     return out_zip

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from model.api import resolve_device
 from model.config import NetConfig
 from model.network import LWLNet, build_network
 from model.threads import available_cpus, set_cpu_threads
@@ -46,12 +47,6 @@ from model.train.pretrained import backbone_state
 from model.train.processing import LWLProcessing, ProcessingParams, collate
 from model.train.sampler import MiniSequenceSampler
 from model.train.synthetic import SyntheticSource
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def copy_paste_pool(root: str | Path, exclude: list[str], every: int = 8, max_items: int = 120
@@ -415,10 +410,11 @@ class Trainer:
         rec["val_loss"] = float(np.mean(losses))
         rec["val_iou"] = float(np.mean(ious))
         if full and v.get("tracker", True) and not box:
-            from model.eval.runner import evaluate_davis, tracker_factory_for_net
+            from model.api import Model
+            from model.eval.runner import evaluate_davis
 
-            factory = tracker_factory_for_net(self.net, self.net_cfg, device=str(self.device))
-            _, summ, info = evaluate_davis(factory, v["root"], None, v.get("sequences"), v.get("max_frames"))
+            model = Model.from_net(self.net, self.net_cfg, device=self.device)
+            _, summ, info = evaluate_davis(model, v["root"], None, v.get("sequences"), v.get("max_frames"))
             rec.update({"J&F": summ.jf_mean, "J": summ.j_mean, "F": summ.f_mean,
                         "val_seconds": round(info["seconds"], 1)})
         if was_training:

@@ -71,7 +71,7 @@ def test_segment_video_with_box(clip: Path, tiny_weights_path: Path, tmp_path: P
 
 @pytest.mark.parametrize("extra,message", [
     (["--mask", "MISSING.png"], "not found"),
-    (["--box", "100,80,50,50"], "outside"),
+    (["--box", "200,100,50,50"], "outside"),
     (["--box", "1,2,3"], "x,y,w,h"),
     ([], "exactly one of"),
     (["--mask", "EMPTY"], "empty"),
@@ -123,4 +123,88 @@ def test_train_recipe_errors_are_one_line(tmp_path: Path, recipe: str | None, me
     r = lwl("train", str(path), "--no-progress")
     assert r.returncode == 2, r.stderr
     assert message in r.stderr and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def _video(path: Path, n: int, h: int = 360, w: int = 640) -> Path:
+    """An H.264 clip of a moving square, written frame by frame (nothing held in memory)."""
+    rng = np.random.default_rng(1)
+    bg = (rng.random((h // 8, w // 8, 3)) * 80 + 40).astype(np.uint8).repeat(8, 0).repeat(8, 1)
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("libx264", rate=25, options={"preset": "ultrafast"})
+        s.width, s.height, s.pix_fmt = w, h, "yuv420p"
+        for i in range(n):
+            img = bg.copy()
+            x = 40 + (3 * i) % (w - 140)
+            img[100:180, x : x + 80] = (220, 40, 40)
+            for p in s.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    return path
+
+
+def _peak_rss_mb(*args: str) -> float:
+    """Peak resident memory of one `lwl` run, read in a parent process of its own."""
+    code = ("import resource, subprocess, sys; r = subprocess.run(sys.argv[1:], capture_output=True, text=True); "
+            "sys.exit(r.stderr) if r.returncode else print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
+    r = subprocess.run([sys.executable, "-c", code, sys.executable, "-m", "service.cli", *args], capture_output=True,
+                       text=True, timeout=600, env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
+    assert r.returncode == 0, r.stderr
+    return int(r.stdout) / 1024
+
+
+@pytest.mark.slow
+def test_segment_memory_does_not_grow_with_video_length(tiny_weights_path: Path, tmp_path: Path) -> None:
+    """360x640 frames are 0.7 MB each: holding 120 more of them would add 80 MB; the pipeline holds one (the
+    frames before a late first annotation wait on disk)."""
+    ann = tmp_path / "ann"
+    ann.mkdir()
+    m = np.zeros((360, 640), np.uint8)
+    m[100:180, 70:150] = 1
+    write_label_png(ann / "00010.png", m)  # frames 0-9 are tracked backwards from frame 10
+    peaks = {}
+    for n in (30, 150):
+        video = _video(tmp_path / f"v{n}.mp4", n)
+        peaks[n] = _peak_rss_mb("segment", str(video), "--annotations", str(ann), "--weights", str(tiny_weights_path),
+                                "--size", "64x112", "--threads", "1", "--quiet", "--out", str(tmp_path / f"o{n}"))
+        assert len(list((tmp_path / f"o{n}").glob("*.png"))) == n
+    assert peaks[150] - peaks[30] < 40, peaks
+
+
+def test_segment_overlay_video(clip: Path, tiny_weights_path: Path, tmp_path: Path) -> None:
+    out = tmp_path / "over.mp4"
+    r = lwl("segment", str(clip / "clip.mp4"), "--mask", str(clip / "first.png"), "--weights", str(tiny_weights_path),
+            "--size", "64x96", "--out", str(tmp_path / "m"), "--overlay", str(out), "--threads", "1", "--quiet")
+    assert r.returncode == 0, r.stderr
+    with av.open(str(out)) as c:
+        st = c.streams.video[0]
+        frames = [f.to_ndarray(format="rgb24") for f in c.decode(st)]
+        assert float(st.average_rate) == 10
+    assert len(frames) == 5 and frames[0].shape == (H, W, 3)
+    assert not list(tmp_path.glob("*.partial*"))
+
+
+def test_failed_runs_leave_nothing_behind(clip: Path, tiny_weights_path: Path, tmp_path: Path) -> None:
+    src = tmp_path / "frames"
+    src.mkdir()
+    for p in sorted((clip / "frames").iterdir()):
+        (src / p.name).write_bytes(p.read_bytes())
+    (src / "f003.png").write_bytes(b"not a png")  # decoding fails on the fourth frame
+    out = tmp_path / "out"
+    r = lwl("segment", str(src), "--mask", str(clip / "first.png"), "--weights", str(tiny_weights_path),
+            "--out", str(out), "--overlay", str(tmp_path / "o.mp4"), "--quiet")
+    assert r.returncode == 2 and "f003.png" in r.stderr and "Traceback" not in r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["frames"]  # no masks, no overlay, no partial folder
+
+
+@pytest.mark.parametrize("out,message", [("/proc/lwl-test/out", "cannot write"), ("FILE", "not a folder")])
+def test_unwritable_out_is_one_line(clip: Path, tiny_weights_path: Path, tmp_path: Path, out: str,
+                                    message: str) -> None:
+    if out == "FILE":
+        out = str(tmp_path / "afile")
+        Path(out).write_text("x")
+    r = lwl("segment", str(clip / "frames"), "--mask", str(clip / "first.png"), "--weights", str(tiny_weights_path),
+            "--out", out, "--quiet")
+    assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1

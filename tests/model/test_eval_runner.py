@@ -14,7 +14,7 @@ from PIL import Image
 
 from model.eval.runner import (
     DEFAULT_WEIGHTS,
-    copy_first_tracker,
+    CopyFirstModel,
     evaluate_davis,
     format_table,
     track_sequence,
@@ -39,7 +39,7 @@ def _make_davis(root: Path, name: str = "sq", n: int = 6, h: int = 40, w: int = 
 
 def test_copy_first_baseline_scores_and_files(tmp_path: Path) -> None:
     labs = _make_davis(tmp_path / "data")
-    scores, summ, info = evaluate_davis(copy_first_tracker, tmp_path / "data", tmp_path / "out")
+    scores, summ, info = evaluate_davis(CopyFirstModel(), tmp_path / "data", tmp_path / "out")
     # square of 10x10 moving 4 px per frame: frames 1..4 overlap 6,2,0,0 columns of 10
     expected = np.mean([60 / 140, 20 / 180, 0.0, 0.0])
     assert summ.j_mean == pytest.approx(expected)
@@ -61,11 +61,19 @@ def test_first_appearance_starts_late_objects() -> None:
     calls = []
 
     class Rec:
-        def step(self, frame: np.ndarray, mask: np.ndarray | None = None):  # noqa: ANN201
-            calls.append(None if mask is None else sorted(set(np.unique(mask)) - {0}))
-            return type("R", (), {"labels": np.zeros((8, 8), np.uint8)})()
+        object_ids: list[int] = []
 
-    track_sequence(Rec, frames, {0: a0, 2: a2}, init="first-appearance")
+        def step(self, frame: np.ndarray, mask: np.ndarray | None = None, boxes: object = None):  # noqa: ANN201
+            ids = None if mask is None else sorted(set(np.unique(mask).tolist()) - {0})
+            calls.append(ids)
+            self.object_ids = self.object_ids + (ids or [])
+            return type("R", (), {"labels": np.zeros((8, 8), np.uint8), "objects": {}})()
+
+    class RecModel:
+        def new_tracker(self, crop_size: object = None) -> Rec:
+            return Rec()
+
+    track_sequence(RecModel(), frames, {0: a0, 2: a2}, init="first-appearance")
     assert calls == [[1], None, [2]]
 
 
@@ -79,7 +87,7 @@ def test_youtubevos_export_zip(tmp_path: Path) -> None:
             p.unlink()
     (data / "meta.json").write_text(json.dumps(
         {"videos": {"vid": {"objects": {"1": {"category": "x", "frames": ["00000", "00002"]}}}}}))
-    z = export_youtubevos(copy_first_tracker, data, tmp_path / "sub.zip")
+    z = export_youtubevos(CopyFirstModel(), data, tmp_path / "sub.zip")
     names = sorted(zipfile.ZipFile(z).namelist())
     assert names == ["Annotations/vid/00000.png", "Annotations/vid/00002.png"]
 
@@ -96,17 +104,17 @@ def test_cli_parser_registers_eval() -> None:
 @pytest.mark.skipif(not DEFAULT_WEIGHTS.exists(), reason="bundled weights model/weights/default.safetensors "
                                                           "not trained yet (make train-default)")
 def test_bundled_weights_beat_copy_first_on_generated_video() -> None:
+    from model.api import load_model
     from model.eval.metrics import db_eval_iou
-    from model.eval.runner import load_tracker_factory
     from model.train.synthetic import SyntheticVideo
 
-    factory, _ = load_tracker_factory(None, "cpu")
+    model = load_model(None, "cpu")
     wins = 0
     for seed in range(2):
         rng = np.random.default_rng(100 + seed)
         vid = SyntheticVideo(rng, (240, 427), max_objects=1, distractor_prob=0.0, speed=2.0)
         frames, labels = vid.render(list(range(0, 24, 3)))
-        pred = track_sequence(factory, list(frames), {0: labels[0]})
+        pred = track_sequence(model, list(frames), {0: labels[0]})
         j_model = float(np.mean(db_eval_iou(labels[1:] > 0, pred[1:] > 0)))
         j_copy = float(np.mean(db_eval_iou(labels[1:] > 0, np.repeat(labels[:1] > 0, len(labels) - 1, 0))))
         wins += j_model > j_copy + 0.1

@@ -226,10 +226,9 @@ def test_trainer_checkpoints_resumes_and_exports(tmp_path: Path) -> None:
 
     assert load_file(str(weights))["decoder.project.conv2.weight"].dtype == torch.float16
     pytest.importorskip("model.tracker")
-    from model.eval.runner import load_tracker_factory
+    from model.api import load_model
 
-    factory, _ = load_tracker_factory(weights, "cpu")
-    tr = factory()
+    tr = load_model(weights, "cpu").new_tracker()
     frame = np.zeros((48, 80, 3), np.uint8)
     mask = np.zeros((48, 80), np.uint8)
     mask[10:30, 20:50] = 1
