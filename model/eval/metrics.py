@@ -136,8 +136,8 @@ def f_measure(segmentation: np.ndarray, gt: np.ndarray, void: np.ndarray | None 
         box = _boundary_box(fg_b, gt_b)
         assert box is not None
         fg_c, gt_c = fg_b[box], gt_b[box]
-        fg_match = int(np.count_nonzero(dilate_disk(gt_c, radius)[fg_c]))
-        gt_match = int(np.count_nonzero(dilate_disk(fg_c, radius)[gt_c]))
+        fg_match = int(np.count_nonzero(dilate_disk(gt_c, radius) & fg_c))
+        gt_match = int(np.count_nonzero(dilate_disk(fg_c, radius) & gt_c))
         precision = float(fg_match) / n_fg
         recall = float(gt_match) / n_gt
     if precision + recall == 0:
