@@ -1,4 +1,4 @@
-"""LWL inference (paper Sec. 3.5, spec §6): one target per object, soft aggregation across objects.
+"""LWL inference (paper Sec. 3.5): one `Target` per object (model/target.py), soft aggregation across objects.
 
 `Tracker` is the streaming contract: `step(frame, mask=None, boxes=None)` segments one frame and
 starts the objects that appear in `mask`/`boxes`; `correct` and `add_objects` act on the last
@@ -8,27 +8,21 @@ frame; `export_state`/`restore` let another process continue with identical mask
 from __future__ import annotations
 
 import io
-import math
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
+from model.boxes import clip_box
 from model.config import TrackerParams
-from model.crop import (
-    init_crop,
-    init_crop_geometry,
-    mask_state,
-    paste_scores,
-    sample_location,
-    sample_patch,
-    soft_aggregate,
-)
+from model.crop import mask_state, soft_aggregate
 from model.errors import InputError
 from model.media import box_from_label
-from model.network import LWLNet, normalise
+from model.network import LWLNet
+from model.target import Target
 
-STATE_VERSION = 1
+# Version 2: each object's state is its parts' own states (window, memory, learner).
+STATE_VERSION = 2
 
 
 @dataclass
@@ -50,231 +44,13 @@ class FrameResult:
     objects: dict[int, ObjectResult] = field(default_factory=dict)
 
 
-class _Target:
-    """State and procedure of one object (spec §6.2-6.8)."""
-
-    def __init__(self, object_id: int, net: LWLNet, params: TrackerParams, crop_hw: tuple[int, int],
-                 device: torch.device) -> None:
-        self.object_id = object_id
-        self.net = net
-        self.params = params
-        self.device = device
-        self.img_sample_sz = torch.tensor([float(crop_hw[0]), float(crop_hw[1])])
-        self.feature_sz = self.img_sample_sz / 16
-        self.kernel_size = torch.tensor([float(net.cfg.filter_size)] * 2)
-        self.frame_num = 0
-        self.num_stored = 0
-        self.prev_replace: int | None = None
-        self.protected: list[int] = []  # slots that are never replaced
-        self.weight_floor_slots: list[int] = []  # slots sharing init_samples_minimum_weight
-
-    # -- helpers ------------------------------------------------------------------------------------
-    def _features(self, patch: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        feats = self.net.extract_features(normalise(patch.to(self.device)))
-        return feats, self.net.target_features(feats["layer3"])
-
-    def _learn(self, feat: torch.Tensor, masks: torch.Tensor, temporal: torch.Tensor | None, num_iter: int,
-               tau: torch.Tensor | None) -> torch.Tensor:
-        """Run A outside inference mode (autograd computes the Gauss-Newton step, spec §3.5)."""
-        with torch.inference_mode(False), torch.no_grad():
-            feat, masks = feat.clone(), masks.clone()
-            label, sw = self.net.encode_labels(masks)
-            if temporal is not None:
-                sw = sw * temporal.clone().to(sw.device).reshape(-1, 1, 1, 1, 1)
-            tau = tau.clone() if tau is not None else None
-            tau, _, _ = self.net.learn(feat, label, sw, num_iter, tau=tau)
-        return tau
-
-    def _centered_pos(self) -> torch.Tensor:
-        return self.pos + ((self.feature_sz + self.kernel_size) % 2) * self.target_scale * self.img_sample_sz / (
-            2 * self.feature_sz)
-
-    # -- initialisation -----------------------------------------------------------------------------
-    def initialize(self, im: torch.Tensor, mask: torch.Tensor | None, box: tuple[float, float, float, float],
-                   use_box: bool) -> torch.Tensor:
-        """Start the object on this frame; returns its init-frame scores for the merge (H, W)."""
-        h_img, w_img = im.shape[-2:]
-        self.frame_num = 1
-        x, y, w, h = box
-        raw: torch.Tensor
-        if use_box:
-            bb = torch.tensor([[int(x), int(y), int(w), int(h)]], dtype=torch.int64)
-            logits = self.net.box_init_logits(normalise(im.to(self.device)), bb.float().to(self.device)).cpu()
-            mask = torch.sigmoid(logits)
-            raw = logits[0, 0]
-        else:
-            assert mask is not None
-            mask = mask.reshape(1, 1, h_img, w_img).float()
-            raw = (mask[0, 0] - 0.5) * 200.0
-        self.pos = torch.tensor([y + (h - 1) / 2, x + (w - 1) / 2], dtype=torch.float32)
-        self.target_sz = torch.tensor([h, w], dtype=torch.float32)
-        search_area = torch.prod(self.target_sz * self.params.search_area_scale).item()
-        self.target_scale = math.sqrt(search_area) / self.img_sample_sz.prod().sqrt()
-        self.base_target_sz = self.target_sz / self.target_scale
-        init_pos, init_scale, shift, exp_sz = init_crop_geometry(
-            self.pos, self.target_scale, self.img_sample_sz, (h_img, w_img))
-        out_hw = (int(self.img_sample_sz[0]), int(self.img_sample_sz[1]))
-        self.init_geom = (init_pos, init_scale, torch.tensor(shift), exp_sz)
-        patch = init_crop(im, init_pos, init_scale, shift, exp_sz, out_hw)
-        mask_crop = init_crop(mask, init_pos, init_scale, shift, exp_sz, out_hw, is_mask=True)
-        _, x_feat = self._features(patch)
-        mem = self.params.sample_memory_size
-        self.samples = x_feat.new_zeros(mem, 1, *x_feat.shape[-3:])
-        self.masks = x_feat.new_zeros(mem, 1, *out_hw)
-        self.samples[0] = x_feat
-        self.masks[0] = mask_crop[0].to(self.device)
-        self.weights = torch.zeros(mem)
-        self.weights[0] = 1.0
-        self.num_stored = 1
-        self.prev_replace = None
-        self.protected = [0] if self._floor_enabled else []
-        self.weight_floor_slots = [0]
-        self.tau = self._learn(self.samples[:1], self.masks[:1], None, self.params.net_opt_iter, None)
-        return raw
-
-    @property
-    def _floor_enabled(self) -> bool:
-        return bool(self.params.init_samples_minimum_weight)
-
-    # -- memory (spec §6.8) -------------------------------------------------------------------------
-    def _replace_slot(self) -> int:
-        if self.num_stored < self.weights.shape[0]:
-            return self.num_stored
-        w = self.weights.clone()
-        w[self.protected] = float("inf")
-        return int(torch.argmin(w).item())
-
-    def _insert(self, x: torch.Tensor, mask_crop: torch.Tensor, lr: float) -> int:
-        """Add a sample with the reference's weighting and replacement; returns its slot."""
-        sw = self.weights
-        slot = self._replace_slot()
-        if self.prev_replace is None:
-            if self.params.lower_init_weight:
-                sw[slot] = 1
-            else:
-                sw /= 1 - lr
-                sw[slot] = lr
-        else:
-            sw[slot] = sw[self.prev_replace] / (1 - lr)
-        sw /= sw.sum()
-        floor = self.params.init_samples_minimum_weight
-        if floor:
-            idx = self.weight_floor_slots
-            rest = torch.ones_like(sw, dtype=torch.bool)
-            rest[idx] = False
-            if sw[idx].sum() < floor:
-                sw /= floor + sw[rest].sum()
-                sw[idx] = floor / len(idx)
-        self.prev_replace = slot
-        self.samples[slot] = x
-        self.masks[slot] = mask_crop[0].to(self.device)
-        self.num_stored = min(self.num_stored + 1, sw.shape[0])
-        return slot
-
-    def _optimise(self, num_iter: int) -> None:
-        n = self.num_stored
-        self.tau = self._learn(self.samples[:n], self.masks[:n], self.weights[:n], num_iter, self.tau)
-
-    # -- tracking (spec §6.7) -----------------------------------------------------------------------
-    def track(self, im: torch.Tensor, prev_prob: torch.Tensor) -> torch.Tensor:
-        """Segment this frame given the object's merged probability on the previous frame -> scores (H, W)."""
-        self.frame_num += 1
-        h_img, w_img = im.shape[-2:]
-        prob = prev_prob.reshape(1, 1, h_img, w_img)
-        if self.frame_num > 2 and self.params.update_target_model:
-            mask_crop, _ = sample_patch(prob, self.prev_pos, self.prev_scale * self.img_sample_sz,
-                                        self.img_sample_sz, mode="inside_major", is_mask=True)
-            if self.frame_num % self.params.train_sample_interval == 0:
-                self._insert(self.prev_test_x, mask_crop, self.params.learning_rate)
-            if (self.frame_num - 1) % self.params.train_skipping == 0:
-                self._optimise(self.params.net_opt_update_iter)
-        if prob.sum() >= self.params.min_mask_area:
-            self.pos, self.target_sz = mask_state(prob[0, 0], self.params.seg_to_bb_sz_factor)
-        new_scale = torch.sqrt(self.target_sz.prod() / self.base_target_sz.prod())
-        lo, hi = self.params.max_scale_change
-        change = new_scale / self.target_scale
-        if change < lo:
-            new_scale = self.target_scale * lo
-        elif change > hi:
-            new_scale = self.target_scale * hi
-        self.target_scale = new_scale
-        self.target_sz = self.base_target_sz * self.target_scale
-        centre = self._centered_pos()
-        patch, coords = sample_patch(im, centre, self.target_scale * self.img_sample_sz, self.img_sample_sz,
-                                     mode="inside_major")
-        feats, x_feat = self._features(patch)
-        sample_pos, sample_scale = sample_location(coords, self.img_sample_sz)
-        logits, _ = self.net.segment(self.tau, x_feat, feats)
-        self.prev_pos = centre
-        self.prev_scale = self.target_scale
-        self.prev_test_x = x_feat
-        return paste_scores(logits.cpu(), (h_img, w_img), sample_pos, sample_scale)
-
-    def correct(self, mask: torch.Tensor) -> None:
-        """A user-corrected mask of the last frame becomes a permanent sample, then A re-fits.
-
-        On the object's first frame the correction replaces the initial mask and A starts again.
-        """
-        h_img, w_img = mask.shape[-2:]
-        m = mask.reshape(1, 1, h_img, w_img).float()
-        if self.frame_num <= 1:
-            pos, scale, shift, exp_sz = self.init_geom
-            out_hw = (int(self.img_sample_sz[0]), int(self.img_sample_sz[1]))
-            self.masks[0] = init_crop(m, pos, scale, shift.tolist(), exp_sz, out_hw, is_mask=True)[0].to(self.device)
-            self.tau = self._learn(self.samples[:1], self.masks[:1], None, self.params.net_opt_iter, None)
-            return
-        free = [i for i in range(self.weights.shape[0]) if i not in self.protected]
-        if len(free) < 2:
-            raise InputError(f"object {self.object_id}: too many corrections for the few-shot memory")
-        crop, _ = sample_patch(m, self.prev_pos, self.prev_scale * self.img_sample_sz, self.img_sample_sz,
-                               mode="inside_major", is_mask=True)
-        slot = self._insert(self.prev_test_x, crop, self.params.learning_rate)
-        self.protected.append(slot)
-        self.weight_floor_slots.append(slot)
-        self._optimise(self.params.net_opt_update_iter)
-
-    # -- state ----------------------------------------------------------------------------------------
-    _TENSORS = ("pos", "target_sz", "target_scale", "base_target_sz", "prev_pos", "prev_scale", "tau",
-                "weights", "prev_test_x")
-    _GEOM = ("init_pos", "init_scale", "init_shift", "init_exp_sz")
-
-    def state(self) -> dict:
-        d = {k: getattr(self, k).cpu() for k in self._TENSORS if hasattr(self, k)}
-        d.update(zip(self._GEOM, self.init_geom, strict=True))
-        d["samples"] = self.samples[: self.num_stored].cpu()
-        d["masks"] = self.masks[: self.num_stored].cpu()
-        d["meta"] = {"object_id": self.object_id, "frame_num": self.frame_num, "num_stored": self.num_stored,
-                     "prev_replace": self.prev_replace, "protected": list(self.protected),
-                     "weight_floor_slots": list(self.weight_floor_slots), "memory": int(self.weights.shape[0])}
-        return d
-
-    def load(self, d: dict) -> None:
-        meta = d["meta"]
-        self.frame_num = meta["frame_num"]
-        self.num_stored = meta["num_stored"]
-        self.prev_replace = meta["prev_replace"]
-        self.protected = list(meta["protected"])
-        self.weight_floor_slots = list(meta["weight_floor_slots"])
-        for k in self._TENSORS:
-            if k in d:
-                v = d[k]
-                setattr(self, k, v.to(self.device) if k in ("tau", "prev_test_x") else v)
-        self.init_geom = tuple(d[k] for k in self._GEOM)
-        s, m = d["samples"], d["masks"]
-        mem = meta["memory"]
-        self.samples = s.new_zeros(mem, *s.shape[1:]).to(self.device)
-        self.masks = m.new_zeros(mem, *m.shape[1:]).to(self.device)
-        self.samples[: s.shape[0]] = s.to(self.device)
-        self.masks[: m.shape[0]] = m.to(self.device)
-
-
 def _to_tensor(frame: np.ndarray) -> torch.Tensor:
     """RGB uint8 (H, W, 3) -> float (1, 3, H, W) in 0..255, as the reference's numpy_to_torch."""
     return torch.from_numpy(frame.astype(np.float32)).permute(2, 0, 1).unsqueeze(0)  # one copy, always writable
 
 
 class Tracker:
-    """Multi-object LWL tracker with explicit, exportable state (spec §6.11)."""
+    """Multi-object LWL tracker: one `Target` per object, merged per frame; its state can be exported."""
 
     def __init__(self, net: LWLNet, params: TrackerParams, crop_hw: tuple[int, int],
                  device: torch.device | str = "cpu") -> None:
@@ -284,7 +60,7 @@ class Tracker:
         self.params = params
         self.crop_hw = (int(crop_hw[0]), int(crop_hw[1]))
         self.device = torch.device(device)
-        self.targets: dict[int, _Target] = {}
+        self.targets: dict[int, Target] = {}
         self.frame_index = -1
         self.frame_hw: tuple[int, int] | None = None
         self._last_frame: np.ndarray | None = None
@@ -325,7 +101,7 @@ class Tracker:
                 raise InputError(f"object {oid} is already tracked")
             if not 1 <= oid <= 254:
                 raise InputError(f"object id {oid} must be between 1 and 254")
-            new.append((oid, None, _check_box(box, hw)))
+            new.append((oid, None, clip_box(box, hw)))
         return new
 
     # -- main loop ------------------------------------------------------------------------------------
@@ -353,9 +129,9 @@ class Tracker:
             use_box = m is None or use_box_always
             if use_box and self.net.box_label_encoder is None:
                 raise InputError("these weights have no box encoder: give a mask instead of a box")
-            t = _Target(oid, self.net, self.params, self.crop_hw, self.device)
+            t = Target(oid, self.net, self.params, self.crop_hw, self.device)
             mt = torch.from_numpy(m).float() if m is not None else None
-            self._raw[oid] = t.initialize(im, mt, _safe_box(box), use_box)
+            self._raw[oid] = t.initialize(im, mt, box, use_box)
             self.targets[oid] = t
 
     @torch.inference_mode()
@@ -426,16 +202,17 @@ class Tracker:
     # -- export / import --------------------------------------------------------------------------------
     def export_state(self) -> bytes:
         """Everything needed to continue this video elsewhere (torch.save of tensors and plain data)."""
+        last = self._last_frame
         state = {
             "version": STATE_VERSION,
             "crop_hw": list(self.crop_hw),
             "params": self.params.to_dict(),
             "frame_index": self.frame_index,
             "frame_hw": list(self.frame_hw) if self.frame_hw else None,
-            "last_frame": torch.from_numpy(self._last_frame) if self._last_frame is not None else None,
+            "last_frame": torch.from_numpy(np.array(last)) if last is not None else None,
             "raw": {int(k): v for k, v in self._raw.items()},
             "prob": {int(k): v for k, v in self._prob.items()},
-            "targets": [t.state() for t in self.targets.values()],
+            "targets": [t.to_state() for t in self.targets.values()],
         }
         buf = io.BytesIO()
         torch.save(state, buf)
@@ -444,12 +221,14 @@ class Tracker:
     @classmethod
     def restore(cls, net: LWLNet, blob: bytes, device: torch.device | str = "cpu") -> Tracker:
         """Inverse of export_state (weights-only unpickling: the blob cannot run code)."""
+        state = _read_state(blob)
         try:
-            state = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
-        except Exception as exc:  # noqa: BLE001
-            raise InputError(f"tracker state cannot be read: {exc}") from None
-        if state.get("version") != STATE_VERSION:
-            raise InputError(f"tracker state version {state.get('version')} is not supported")
+            return cls._from_state(net, state, device)
+        except (KeyError, TypeError, AttributeError, IndexError) as exc:
+            raise InputError(f"tracker state is incomplete or damaged ({type(exc).__name__}: {exc})") from None
+
+    @classmethod
+    def _from_state(cls, net: LWLNet, state: dict, device: torch.device | str) -> Tracker:
         tr = cls(net, TrackerParams.from_dict(state["params"]), tuple(state["crop_hw"]), device)
         tr.frame_index = state["frame_index"]
         tr.frame_hw = tuple(state["frame_hw"]) if state["frame_hw"] else None
@@ -458,25 +237,19 @@ class Tracker:
         tr._raw = dict(state["raw"])
         tr._prob = dict(state["prob"])
         for d in state["targets"]:
-            t = _Target(d["meta"]["object_id"], net, tr.params, tr.crop_hw, tr.device)
-            t.load(d)
+            t = Target.from_state(d, net, tr.params, tr.crop_hw, tr.device)
             tr.targets[t.object_id] = t
         return tr
 
 
-def _check_box(box: tuple, hw: tuple[int, int]) -> tuple[float, float, float, float]:
+def _read_state(blob: bytes) -> dict:
+    """Unpickle an exported state (tensors and plain data only) and check that this version can read it."""
     try:
-        x, y, w, h = (float(v) for v in box)
-    except (TypeError, ValueError):
-        raise InputError(f"box {box!r} must be four numbers x,y,w,h") from None
-    if not all(math.isfinite(v) for v in (x, y, w, h)) or w <= 0 or h <= 0:
-        raise InputError(f"box {box!r} needs positive width and height")
-    if x < 0 or y < 0 or x + w > hw[1] or y + h > hw[0]:
-        raise InputError(f"box {x:g},{y:g},{w:g},{h:g} lies outside the {hw[1]}x{hw[0]} frame")
-    return (x, y, w, h)
-
-
-def _safe_box(box: tuple) -> tuple[float, float, float, float]:
-    """Width/height of at least 1 so a one-pixel-wide object does not give a zero scale (spec §6.6)."""
-    x, y, w, h = box
-    return (x, y, max(w, 1.0), max(h, 1.0))
+        state = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001
+        raise InputError(f"tracker state cannot be read: {exc}") from None
+    version = state.get("version") if isinstance(state, dict) else None
+    if version != STATE_VERSION:
+        raise InputError(f"tracker state version {version!r} is not supported: this lwl-vos reads version "
+                         f"{STATE_VERSION} only (a state from another release cannot continue; start the video again)")
+    return state

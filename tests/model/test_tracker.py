@@ -11,9 +11,7 @@ import torch
 from model.api import load_model
 from model.config import TrackerParams
 from model.errors import InputError
-from model.network import build_network
-from model.testing import tiny_config
-from model.tracker import _Target
+from model.target import FewShotMemory
 
 H, W = 96, 128
 
@@ -103,13 +101,13 @@ def test_correction_becomes_a_permanent_sample(model) -> None:
     fixed[21:51, 22:62] = 1
     res = tr.correct(fixed)
     assert np.array_equal(res.labels == 1, fixed == 1)
-    t = tr.targets[1]
-    slot = t.protected[-1]
-    assert slot in t.protected and t.num_stored == 2
+    mem = tr.targets[1].memory
+    slot = mem.protected[-1]
+    assert slot in mem.floor_slots and mem.num_stored == 2
     for i in range(2, 36):  # fill the 32-sample memory: the correction must survive
         tr.step(frame(i % 5))
-    assert torch.count_nonzero(t.masks[slot]) > 0 and slot in t.protected
-    assert t.num_stored == 32
+    assert torch.count_nonzero(mem.masks[slot]) > 0 and slot in mem.protected
+    assert mem.num_stored == 32
 
 
 def test_user_errors(model) -> None:
@@ -121,7 +119,7 @@ def test_user_errors(model) -> None:
     with pytest.raises(InputError, match="empty"):
         tr.step(frame(0), mask=np.zeros((H, W), np.uint8))
     with pytest.raises(InputError, match="outside"):
-        tr.step(frame(0), boxes={1: (100, 80, 50, 50)})
+        tr.step(frame(0), boxes={1: (W, 80, 50, 50)})
     tr.step(frame(0), mask=first_mask())
     with pytest.raises(InputError, match="unknown object"):
         tr.correct(np.full((H, W), 7, np.uint8))
@@ -129,6 +127,33 @@ def test_user_errors(model) -> None:
         tr.remove_object(9)
     with pytest.raises(InputError, match="RGB"):
         tr.step(np.zeros((H, W), np.uint8))
+
+
+def test_box_past_the_frame_edge_is_clipped(model) -> None:
+    clipped = model.new_tracker().step(frame(0), boxes={1: (20, 20, 40, 30), 2: (80, 55, W - 80, H - 55)})
+    past = model.new_tracker().step(frame(0), boxes={1: (20, 20, 40, 30), 2: (80, 55, W - 79, H - 54)})
+    assert np.array_equal(clipped.labels, past.labels)
+    assert np.array_equal(clipped.objects[2].prob, past.objects[2].prob)
+
+
+def test_restore_refuses_other_versions_and_damaged_states(model) -> None:
+    import io
+
+    tr = model.new_tracker()
+    tr.step(frame(0), mask=first_mask())
+    state = torch.load(io.BytesIO(tr.export_state()), weights_only=True)
+    for version in (1, 99, None):
+        buf = io.BytesIO()
+        torch.save({**state, "version": version}, buf)
+        with pytest.raises(InputError, match=f"version {version!r} is not supported"):
+            model.restore_tracker(buf.getvalue())
+    del state["targets"][0]["memory"]["weights"]
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    with pytest.raises(InputError, match="incomplete or damaged"):
+        model.restore_tracker(buf.getvalue())
+    with pytest.raises(InputError, match="cannot be read"):
+        model.restore_tracker(b"not a state")
 
 
 def test_no_box_encoder_refuses_boxes(tmp_path: Path) -> None:
@@ -139,7 +164,7 @@ def test_no_box_encoder_refuses_boxes(tmp_path: Path) -> None:
         m.new_tracker().step(frame(0), boxes={1: (10, 10, 20, 20)})
 
 
-# Spec Appendix B: memory weights after insertion k (slot, w[0], w[slot], sum).
+# The authors' tracker's memory weights after insertion k (slot, w[0], w[slot], sum), both parameter sets.
 YTVOS = {1: (1, 0.917431, 0.082569, 1.0), 2: (2, 0.840336, 0.084034, 1.0), 10: (10, 0.397922, 0.092439, 1.0),
          20: (20, 0.25, 0.086029, 1.005697), 31: (31, 0.25, 0.078516, 1.005200), 32: (1, 0.25, 0.078496, 1.005011),
          40: (9, 0.25, 0.078495, 1.005)}
@@ -151,22 +176,16 @@ BOXINIT = {1: (1, 0.5, 0.5, 1.0), 2: (2, 0.307692, 0.384615, 1.0), 10: (10, 0.02
 @pytest.mark.parametrize("preset,table", [("lwl_ytvos", YTVOS), ("lwl_boxinit", BOXINIT)])
 def test_memory_weights_follow_the_reference(preset: str, table: dict) -> None:
     params = TrackerParams.preset(preset)
-    t = _Target(1, build_network(tiny_config()), params, (64, 112), torch.device("cpu"))
-    t.samples = torch.zeros(32, 1, 1, 1, 1)
-    t.masks = torch.zeros(32, 1, 1, 1)
-    t.weights = torch.zeros(32)
-    t.weights[0] = 1
-    t.num_stored = 1
-    t.protected = [0] if params.init_samples_minimum_weight else []
-    t.weight_floor_slots = [0]
+    mem = FewShotMemory.from_params(params)
+    mem.start(torch.zeros(1, 1, 1, 1), torch.zeros(1, 1, 1, 1))
     for k in range(1, 41):
-        slot = t._insert(torch.zeros(1, 1, 1, 1), torch.zeros(1, 1, 1, 1), params.learning_rate)
+        slot = mem.add(torch.zeros(1, 1, 1, 1), torch.zeros(1, 1, 1, 1))
         if k in table:
             want_slot, w0, ws, total = table[k]
             assert slot == want_slot, k
-            assert t.weights[0].item() == pytest.approx(w0, abs=2e-6), k
-            assert t.weights[slot].item() == pytest.approx(ws, abs=2e-6), k
-            assert t.weights.sum().item() == pytest.approx(total, abs=2e-6), k
+            assert mem.weights[0].item() == pytest.approx(w0, abs=2e-6), k
+            assert mem.weights[slot].item() == pytest.approx(ws, abs=2e-6), k
+            assert mem.weights.sum().item() == pytest.approx(total, abs=2e-6), k
 
 
 def test_correction_on_the_first_frame_replaces_the_initial_mask(model) -> None:
