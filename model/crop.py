@@ -1,4 +1,4 @@
-"""Geometry of the tracker: crops around the target, paste-back, box from a soft mask (spec §6.4-6.10).
+"""Geometry of the tracker: crops around the target, paste-back, box from a soft mask, the merge.
 
 Every step reproduces the reference's float32 tensor arithmetic (true division, truncation,
 banker's rounding) because crop windows one pixel off change every later mask.
@@ -18,7 +18,13 @@ def sample_patch(
     im: torch.Tensor, pos: torch.Tensor, sample_sz: torch.Tensor, output_sz: torch.Tensor,
     mode: str = "replicate", is_mask: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """CROP of spec §6.4: im (1, C, H, W) -> (patch (1, C, *output_sz), box (tl_y, tl_x, br_y, br_x) * d)."""
+    """Cut a window of `sample_sz` frame pixels at `pos` out of im (1, C, H, W) and resize it to `output_sz`.
+
+    Large windows first take every d-th pixel (d an integer, as the authors' tracker does to save
+    work). `inside_major` shrinks a window larger than the frame to fit and moves it inside the
+    frame. Pixels outside the frame are replicated (images) or zero (masks). Returns the patch and
+    the window (tl_y, tl_x, br_y, br_x) in frame pixels.
+    """
     posl = pos.long()
     if mode == "inside_major":
         im_sz = torch.tensor([im.shape[2], im.shape[3]])
@@ -60,7 +66,7 @@ def sample_patch(
 def init_crop_geometry(
     pos: torch.Tensor, target_scale: torch.Tensor, img_sample_sz: torch.Tensor, im_hw: tuple[int, int]
 ) -> tuple[torch.Tensor, torch.Tensor, list[int], torch.Tensor]:
-    """First-frame crop parameters (spec §6.5): (rounded pos, init scale, global shift, expanded size)."""
+    """First-frame crop: (rounded pos, scale, shift that keeps the window inside the frame, doubled crop size)."""
     im_sz = torch.tensor([float(im_hw[0]), float(im_hw[1])])
     exp_sz = (img_sample_sz * 2.0).long()
     exp_sz = (exp_sz + (exp_sz - img_sample_sz.long()) % 2).float()
@@ -88,7 +94,7 @@ def init_crop(
 
 
 def sample_location(coords: torch.Tensor, img_sample_sz: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Centre and scale (image pixels per crop pixel) of a crop box (spec §6.10 step 1)."""
+    """Centre and scale (image pixels per crop pixel) of a crop window, for the paste-back."""
     c = coords.reshape(-1).float()
     pos = 0.5 * (c[:2] + c[2:] - 1)
     scale = ((c[2:] - c[:2]) / img_sample_sz).prod().sqrt()
@@ -97,7 +103,7 @@ def sample_location(coords: torch.Tensor, img_sample_sz: torch.Tensor) -> tuple[
 
 def paste_scores(scores: torch.Tensor, im_hw: tuple[int, int], sample_pos: torch.Tensor,
                  sample_scale: torch.Tensor) -> torch.Tensor:
-    """Crop logits (1, 1, h, w) -> full-frame logits (H, W), -100 outside the crop (spec §6.10)."""
+    """Crop logits (1, 1, h, w) -> full-frame logits (H, W), -100 outside the crop."""
     re = F.interpolate(scores, scale_factor=sample_scale.item(), mode="bilinear", align_corners=False)
     out = torch.ones(im_hw, dtype=re.dtype) * (-100.0)
     h, w = re.shape[-2:]
@@ -112,7 +118,7 @@ def paste_scores(scores: torch.Tensor, im_hw: tuple[int, int], sample_pos: torch
 
 
 def mask_state(prob: torch.Tensor, sz_factor: float = 4.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Centre of mass and 4*std size of a probability map (H, W) (spec §6.9, mode 'var')."""
+    """Centre of mass and 4*std size of a probability map (H, W): the object's box without thresholding."""
     total = prob.sum()
     ys = torch.arange(prob.shape[-2], dtype=torch.float32)
     xs = torch.arange(prob.shape[-1], dtype=torch.float32)
@@ -126,7 +132,11 @@ def mask_state(prob: torch.Tensor, sz_factor: float = 4.0) -> tuple[torch.Tensor
 
 
 def soft_aggregate(scores: torch.Tensor) -> torch.Tensor:
-    """LWL's merge (spec §6.11): per-object logits (K, H, W) -> probabilities (K+1, H, W), background first."""
+    """LWL's merge: per-object logits (K, H, W) -> probabilities (K+1, H, W), background first.
+
+    The background's probability is the product of (1 - p) over the objects; its logit and the
+    objects' logits go through a softmax.
+    """
     prob = torch.sigmoid(scores)
     eps = 1e-7
     bg = torch.prod(1 - prob, dim=0).clamp(eps, 1.0 - eps)
