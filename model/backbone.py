@@ -162,7 +162,7 @@ LITE_MEAN, LITE_STD = 127.0, 128.0
 class EfficientNetLite(nn.Module):
     """EfficientNet-Lite0 trunk (no head) returning layer1..layer4 like the ResNets.
 
-    It takes the network's common input (BGR minus the Caffe mean, spec §2.3) and turns it into the
+    It takes the network's common input (BGR minus the Caffe mean) and turns it into the
     RGB scaling its ImageNet weights expect, so every backbone shares one `normalise`.
     """
 

@@ -2,8 +2,8 @@
 
 Official files are read with PyTorch's weights-only unpickler: the few foreign classes that ltr
 pickles next to the weights (`NetConstructor`, `Settings`, stats meters) are replaced by empty
-stand-ins, so no code from the file is ever executed and pytracking need not be installed
-(spec §8). Our own format is one `.safetensors` file whose header metadata holds the JSON config.
+stand-ins, so no code from the file is ever executed and pytracking need not be installed.
+Our own format is one `.safetensors` file whose header metadata holds the JSON config.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ FORMAT = "lwl-vos/1"
 _FOREIGN = ("ltr.", "pytracking.", "dlframework.")
 _ALLOWED_REAL = ("numpy.", "_codecs.encode")
 _UNSUPPORTED = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
-# Constructor arguments that decide the architecture, with the values of the released models (spec §1.2).
+# Constructor arguments that decide the architecture, with the values of the released models.
 _EXPECTED_KWDS = {
     "filter_size": 3, "num_filters": 16, "out_feature_dim": 512, "label_encoder_dims": (16, 32, 64),
     "use_bn_in_label_enc": False, "clf_feat_blocks": 0, "final_conv": True, "backbone_type": "mrcnn",

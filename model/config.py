@@ -34,7 +34,7 @@ class NetConfig:
     crop_size: tuple[int, int] = (480, 832)  # (H, W) crop fed to the network by default
     init_filter_reg: float = 0.01
     train_optim_iter: int = 5
-    bn_train: bool = False  # official: every BN in eval mode, also in training (spec §7.1)
+    bn_train: bool = False  # official: every BN in eval mode, also in training
 
     @property
     def layer_channels(self) -> dict[str, int]:
@@ -53,7 +53,7 @@ class NetConfig:
 
     @classmethod
     def official_stage2(cls) -> NetConfig:
-        """The network of lwl_stage2.pth (spec §1.2)."""
+        """The network of lwl_stage2.pth."""
         return cls()
 
     @classmethod
@@ -92,7 +92,7 @@ class NetConfig:
 
 @dataclass(frozen=True)
 class TrackerParams:
-    """Inference parameters (spec §6.1). Defaults are the `lwl_ytvos` set used with lwl_stage2.pth."""
+    """Inference parameters. Defaults are the `lwl_ytvos` set used with lwl_stage2.pth."""
 
     search_area_scale: float = 5.0
     max_scale_change: tuple[float, float] = (0.95, 1.1)

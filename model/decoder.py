@@ -1,4 +1,4 @@
-"""Segmentation decoder D (spec §4): mask encoding + backbone features -> full-resolution logits."""
+"""Segmentation decoder D: mask encoding + backbone features -> full-resolution logits."""
 
 from __future__ import annotations
 
@@ -82,7 +82,7 @@ class Upsampler(nn.Module):
 
 
 class Decoder(nn.Module):
-    """D: processes layer4 -> layer1 with TSE, RRB, CAB and projections (spec §4)."""
+    """D: processes layer4 -> layer1 with TSE, RRB, CAB and projections."""
 
     def __init__(self, layer_channels: dict[str, int], num_filters: int = 16, mdim: int = 64, norm: str = "bn"):
         super().__init__()

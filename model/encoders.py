@@ -1,4 +1,4 @@
-"""Label generator E with weight predictor W (spec §3.2) and box encoder B (spec §5).
+"""Label generator E with weight predictor W and box encoder B.
 
 E/W turn a mask into the few-shot label y and its spatial importance weights v, both (D, h, w):
 this is what "learning what to learn" means. B turns a box plus target-model features into a
@@ -15,7 +15,7 @@ from torch import nn
 
 
 def _he_init(module: nn.Module) -> None:
-    """Conv weights ~ N(0, sqrt(2 / (k*k*out))), biases left at PyTorch defaults (spec §3.2, §5.2)."""
+    """Conv weights ~ N(0, sqrt(2 / (k*k*out))), biases left at PyTorch defaults."""
     for m in module.modules():
         if isinstance(m, nn.Conv2d):
             n = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
@@ -23,7 +23,7 @@ def _he_init(module: nn.Module) -> None:
 
 
 class PlainBasicBlock(nn.Module):
-    """Residual block without normalisation; the shortcut is a 3x3 conv with bias (spec §3.2 item 3)."""
+    """Residual block without normalisation; the shortcut is a 3x3 conv with bias."""
 
     def __init__(self, inplanes: int, planes: int, stride: int) -> None:
         super().__init__()
@@ -63,7 +63,7 @@ class LabelEncoder(nn.Module):
 
 
 def render_box_mask(boxes: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Binary rectangles (N, 1, H, W) from boxes (N, 4) [x, y, w, h] (spec §5.1).
+    """Binary rectangles (N, 1, H, W) from boxes (N, 4) [x, y, w, h].
 
     Each component is truncated separately and the rectangle excludes x0+w0 / y0+h0, as in the
     reference; negative corners are clamped at 0 (the reference would wrap around).
@@ -77,7 +77,7 @@ def render_box_mask(boxes: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 
 class BoxEncoder(nn.Module):
-    """B: [target-model features, box mask] -> mask encoding (F, S, D, h, w) (spec §5.2)."""
+    """B: [target-model features, box mask] -> mask encoding (F, S, D, h, w)."""
 
     def __init__(self, feat_dim: int, dims: tuple[int, ...] = (64, 64), num_filters: int = 16) -> None:
         super().__init__()

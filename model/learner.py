@@ -1,4 +1,4 @@
-"""Target model T_tau and the few-shot learner A (paper eq. 3-4, spec §3).
+"""Target model T_tau and the few-shot learner A (paper eq. 3-4).
 
 T_tau is a linear 3x3 convolution from target-model features x (C channels) to a D-channel mask
 encoding. A fits tau to the few-shot memory by steepest descent on
@@ -17,7 +17,7 @@ from torch import nn
 
 
 class InstanceL2Norm(nn.Module):
-    """Scale each sample's features to a fixed mean square (spec §3.1); eps sits inside the sum."""
+    """Scale each sample's features to a fixed mean square; eps sits inside the sum."""
 
     def __init__(self, scale: float, eps: float = 1e-5) -> None:
         super().__init__()
@@ -45,7 +45,7 @@ def apply_filter(feat: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
 
 
 class FilterInitializerZero(nn.Module):
-    """tau^0 = 0 (spec §3.3)."""
+    """tau^0 = 0."""
 
     def __init__(self, num_filters: int, feat_dim: int, filter_size: int) -> None:
         super().__init__()
@@ -57,7 +57,7 @@ class FilterInitializerZero(nn.Module):
 
 
 class Residual(nn.Module):
-    """Residuals [v * (T_tau(x) - y), lambda * tau] whose squared norm is the few-shot loss (spec §3.4)."""
+    """Residuals [v * (T_tau(x) - y), lambda * tau] whose squared norm is the few-shot loss."""
 
     def __init__(self, init_filter_reg: float = 0.01) -> None:
         super().__init__()
@@ -90,7 +90,7 @@ def _sqr_norm(tensors: tuple[torch.Tensor, ...], batch_dim: int) -> torch.Tensor
 
 
 class SteepestDescent(nn.Module):
-    """A: steepest descent with the Gauss-Newton step length, computed with autograd (spec §3.5).
+    """A: steepest descent with the Gauss-Newton step length, computed with autograd.
 
     g = J^T r is a vector-Jacobian product; J g is obtained by differentiating g = J^T u with respect
     to u (a copy of r). This matches the reference bit for bit, unlike an explicit gradient.

@@ -236,7 +236,7 @@ class FrameSource:
 
 
 def box_from_label(mask: np.ndarray) -> tuple[float, float, float, float]:
-    """[x_min, y_min, x_max - x_min, y_max - y_min] of a binary mask (no +1: the benchmark convention, spec §6.13)."""
+    """[x_min, y_min, x_max - x_min, y_max - y_min] of a binary mask (no +1: the benchmark convention)."""
     ys, xs = np.nonzero(mask)
     if len(xs) == 0:
         return (0.0, 0.0, 0.0, 0.0)

@@ -19,7 +19,7 @@ IMAGE_MEAN_BGR = (102.9801, 115.9465, 122.7717)
 
 
 def normalise(images_rgb: torch.Tensor) -> torch.Tensor:
-    """RGB 0-255 float (..., 3, H, W) -> network input: BGR, minus the Caffe mean, no scaling (spec §2.3)."""
+    """RGB 0-255 float (..., 3, H, W) -> network input: BGR, minus the Caffe mean, no scaling."""
     mean = torch.tensor(IMAGE_MEAN_BGR, dtype=images_rgb.dtype, device=images_rgb.device).reshape(3, 1, 1)
     return images_rgb.flip(-3) - mean
 
@@ -43,7 +43,7 @@ class LWLNet(nn.Module):
         )
 
     def train(self, mode: bool = True) -> LWLNet:
-        """Official models keep every BatchNorm in eval mode even while training (spec §7.1)."""
+        """Official models keep every BatchNorm in eval mode even while training."""
         super().train(mode)
         if mode and not self.cfg.bn_train:
             self.freeze_batchnorm()
@@ -84,7 +84,7 @@ class LWLNet(nn.Module):
     # -- training forwards -------------------------------------------------------------------------
     def forward(self, train_imgs: torch.Tensor, test_imgs: torch.Tensor, train_masks: torch.Tensor,
                 num_init_iter: int | None = None, num_update_iter: int = 2) -> torch.Tensor:
-        """Training forward of spec §7.4.
+        """Training forward on mini-sequences (paper Sec. 3.6): learn on the train frames, predict the test frames.
 
         train_imgs (Ftr, B, 3, H, W), test_imgs (Fte, B, 3, H, W) normalised; train_masks (Ftr, B, H, W).
         Returns test logits (Fte, B, H, W). Gradients flow through every learner iteration but not
@@ -119,7 +119,7 @@ class LWLNet(nn.Module):
         return torch.stack(out)
 
     def forward_box(self, imgs: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
-        """Box-encoder training forward (spec §7.5): imgs (N, 3, H, W) normalised, boxes (N, 4) -> logits (N, H, W)."""
+        """Box-encoder training forward: imgs (N, 3, H, W) normalised, boxes (N, 4) -> logits (N, H, W)."""
         if self.box_label_encoder is None:
             raise ValueError("this network has no box encoder")
         size = tuple(imgs.shape[-2:])
@@ -129,7 +129,7 @@ class LWLNet(nn.Module):
         return self.decoder(enc, feats, size).reshape(-1, *size)
 
     def box_init_logits(self, image: torch.Tensor, box: torch.Tensor) -> torch.Tensor:
-        """Box-init at inference: full frame (1, 3, H, W) normalised, box (4,) -> logits (1, 1, H, W) (spec §6.12)."""
+        """Box-init at inference: full frame (1, 3, H, W) normalised, box (4,) -> logits (1, 1, H, W)."""
         return self.forward_box(image, box.reshape(1, 4)).unsqueeze(1)
 
 

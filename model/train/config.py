@@ -19,7 +19,7 @@ from model.config import NetConfig, TrackerParams
 
 @dataclass
 class PhaseConfig:
-    """One training phase; `mode` is 'single' (warm-up), 'sequence' (spec §7.4) or 'box' (spec §7.5)."""
+    """One training phase; `mode` is 'single' (warm-up), 'sequence' or 'box'."""
 
     name: str
     mode: str = "sequence"

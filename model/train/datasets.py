@@ -2,7 +2,7 @@
 
 Every dataset exposes the same small interface (`VideoSource`) so the sampler does not care where a
 frame comes from: a list of sequences, each with frame loading, label-map loading and, per object,
-the pixel count in every annotated frame (the sampler needs it to pick visible frames, spec §7.2).
+the pixel count in every annotated frame (the sampler needs it to pick visible frames).
 Frames are decoded on demand (RGB uint8); only per-frame object areas are cached.
 """
 
@@ -135,7 +135,7 @@ class DavisDataset(VideoSource):
 class YouTubeVOSDataset(VideoSource):
     """YouTube-VOS train layout: JPEGImages/<vid>/*.jpg, Annotations/<vid>/*.png, meta.json.
 
-    Only annotated frames are used (every 5th raw frame, spec §7.1), in the order of meta.json.
+    Only annotated frames are used (every 5th raw frame), in the order of meta.json.
     """
 
     name = "youtubevos"
@@ -178,7 +178,7 @@ def coco_mask(ann: dict, h: int, w: int) -> np.ndarray:
 class CocoDataset(VideoSource):
     """COCO instances JSON (image folder + annotations file) as one-frame 'videos' for box training.
 
-    Each image is a sequence of length 1; non-crowd instances are its objects (spec §7.5).
+    Each image is a sequence of length 1; non-crowd instances are its objects.
     """
 
     name = "coco"
@@ -212,7 +212,7 @@ class CocoDataset(VideoSource):
         return out
 
     def box(self, seq: int, obj: int) -> tuple[float, float, float, float]:
-        """The annotation box [x, y, w, h] (COCO boxes are used as-is for box training, spec §7.3)."""
+        """The annotation box [x, y, w, h] (COCO boxes are used as-is for box training)."""
         b = self._anns[self._ids[seq]][obj - 1]["bbox"]
         return (float(b[0]), float(b[1]), float(b[2]), float(b[3]))
 

@@ -1,4 +1,4 @@
-"""Binary Lovasz loss on sigmoid probabilities (spec §7.1; Berman et al., CVPR 2018).
+"""Binary Lovasz loss on sigmoid probabilities (Berman et al., CVPR 2018).
 
 A convex surrogate of the Jaccard loss: the per-pixel errors |gt - p|, sorted in decreasing order,
 weighted by the Jaccard increments of the correspondingly sorted ground truth. Computed over all

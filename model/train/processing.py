@@ -1,4 +1,4 @@
-"""Crops and augmentation of a mini-sequence (spec §7.3), in torch (no OpenCV dependency).
+"""Crops and augmentation of a mini-sequence, in torch (no OpenCV dependency).
 
 Why: the network is trained on target-centred crops of a fixed size with jittered boxes, so that it
 sees the same geometry the tracker produces at inference, plus per-frame affine/brightness changes so
@@ -73,7 +73,7 @@ def crop_resize(img: torch.Tensor, mask: torch.Tensor, win: tuple[int, int, int,
 
 def random_affine(img: torch.Tensor, mask: torch.Tensor, rng: np.random.Generator, max_rot_deg: float,
                   max_log_scale: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rotation and isotropic scale about the centre; zero border (spec §7.3 step 4)."""
+    """Rotation and isotropic scale about the centre; zero border."""
     ang = math.radians(rng.uniform(-max_rot_deg, max_rot_deg))
     s = math.exp(rng.uniform(-max_log_scale, max_log_scale))
     h, w = img.shape[-2:]
@@ -88,7 +88,7 @@ def random_affine(img: torch.Tensor, mask: torch.Tensor, rng: np.random.Generato
 
 @dataclass
 class ProcessingParams:
-    """Defaults are the reference values (spec §7.3); crop_size is (H, W)."""
+    """Defaults are the reference values; crop_size is (H, W)."""
 
     crop_size: tuple[int, int] = (480, 832)
     search_factor: float = 5.0

@@ -1,4 +1,4 @@
-"""Mini-sequence sampler (spec §7.2): 1 train + 3 test frames of one object from a window of <= 100.
+"""Mini-sequence sampler: 1 train + 3 test frames of one object from a window of <= 100.
 
 Why this shape: the few-shot learner is trained the way it is used, learning from one annotated
 frame and then segmenting later frames while absorbing its own predictions.

@@ -359,7 +359,7 @@ class Trainer:
 
     @staticmethod
     def _loss(ph: PhaseConfig, logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-        """weight x Lovasz (spec §7.1), plus optional BCE: from random weights the Lovasz loss alone
+        """weight x Lovasz, plus optional BCE: from random weights the Lovasz loss alone
         sits at its p = 0.5 plateau (loss = 0.5) for a long time; BCE gives dense gradients to escape it."""
         loss = ph.loss_weight * lovasz_sigmoid(torch.sigmoid(logits), masks)
         if ph.bce_weight:
