@@ -49,6 +49,18 @@ from model.train.sampler import MiniSequenceSampler
 from model.train.synthetic import SyntheticSource
 
 
+def check_data_folders(cfg: TrainConfig) -> None:
+    """Every data folder the recipe names exists, before anything is built (a missing data set is the
+    commonest mistake; found at a phase start it would be a traceback an hour in)."""
+    specs = [*cfg.data, *(cfg.validation and [cfg.validation] or [])]
+    specs += [d for ph in cfg.phases for d in (ph.data or [])]
+    for spec in specs:
+        for key in ("root", "copy_paste_from"):
+            if spec.get(key) and not Path(spec[key]).is_dir():
+                raise FileNotFoundError(f"data folder {spec[key]} ({spec.get('type', 'data')} {key}) not found: "
+                                        "get the data set there or change the recipe")
+
+
 def copy_paste_pool(root: str | Path, exclude: list[str], every: int = 8, max_items: int = 120
                     ) -> tuple[list[tuple[np.ndarray, np.ndarray]], list[np.ndarray]]:
     """Object cut-outs (rgb, mask) and background frames from a DAVIS-layout set, for synthetic clips."""
@@ -158,6 +170,7 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig, fresh: bool = False, max_minutes: float | None = None,
                  max_steps: int | None = None, progress: bool = True, log=print) -> None:
+        check_data_folders(cfg)
         self.cfg = cfg
         self.out = Path(cfg.out_dir)
         self.out.mkdir(parents=True, exist_ok=True)
