@@ -55,7 +55,7 @@ RUN uv python install "${PYTHON_VERSION}" \
 
 # Dependencies first (cached until pyproject.toml changes), the project's code last. pyproject.toml gives
 # torch/torchvision as ranges: the tested pins below are installed first and satisfy them. No extras: the
-# image serves (api, worker, serve, segment); `lwl train`/`lwl eval` need `pip install 'lwl-vos[train]'`.
+# image serves (api, worker, serve, segment); `lwl train` and `make demo` need `pip install 'lwl-vos[train]'`.
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 RUN --mount=type=cache,target=/root/.cache/uv \
     index="${TORCH_INDEX_URL}"; \
