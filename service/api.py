@@ -28,6 +28,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from PIL import Image
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from model.boxes import clip_box
 from model.errors import InputError
 from service import __version__, obs
 from service.backends import MemoryBackend, RedisBackend
@@ -83,7 +84,8 @@ def check_image(data: bytes, max_pixels: int, what: str = "image") -> tuple[int,
 
 
 def check_objects(hw: tuple[int, int], mask: bytes | None, boxes: dict[int, list[float]] | None) -> list[int]:
-    """Mask/box checks against the frame size; returns the object ids they define."""
+    """Mask/box checks against the frame size; returns the object ids they define. Boxes are clipped to
+    the frame in place."""
     from model.media import read_label_png  # numpy + Pillow only
 
     if mask is None and not boxes:
@@ -104,10 +106,10 @@ def check_objects(hw: tuple[int, int], mask: bytes | None, boxes: dict[int, list
     for oid, box in (boxes or {}).items():
         if not (1 <= oid <= 254):
             raise ApiError(400, "bad_object_id", f"object id {oid} must be between 1 and 254")
-        x, y, w, h = box
-        if w <= 0 or h <= 0 or x < 0 or y < 0 or x + w > hw[1] or y + h > hw[0]:
-            raise ApiError(400, "box_outside_frame", f"box {box} of object {oid} is not inside the "
-                           f"{hw[1]}x{hw[0]} frame (x, y, w, h with w, h > 0)")
+        try:  # a box drawn a little past the frame's edge is clipped to it (model.boxes)
+            boxes[oid] = list(clip_box(box, hw))
+        except InputError as exc:
+            raise ApiError(400, "box_outside_frame", f"object {oid}: {exc}") from None
         if oid in ids:
             raise ApiError(400, "duplicate_object", f"object {oid} is given both in the mask and as a box")
         ids.append(oid)

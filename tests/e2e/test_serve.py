@@ -117,7 +117,7 @@ def test_bad_input_gets_4xx_and_leaves_sessions_intact(serve, clip) -> None:  # 
         "bad_image": post({"image": b"\xff\xd8garbage", "mask": msk}),
         "mask_size_mismatch": post({"image": img, "mask": encode_label_png(np.ones((60, 80), np.uint8))}),
         "empty_mask": post({"image": img, "mask": encode_label_png(np.zeros((120, 160), np.uint8))}),
-        "box_outside_frame": post({"image": img}, {"boxes": json.dumps({"1": [150, 10, 40, 40]})}),
+        "box_outside_frame": post({"image": img}, {"boxes": json.dumps({"1": [165, 10, 40, 40]})}),
         "no_objects": post({"image": img}),
         "bad_boxes": post({"image": img}, {"boxes": "[1, 2"}),
         "upload_too_large": post({"image": b"\x00" * (1024 * 1024 + 10), "mask": msk}),

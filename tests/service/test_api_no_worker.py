@@ -44,7 +44,7 @@ def _mask(value: int = 1, h: int = 120, w: int = 160) -> bytes:
     ({"image": _jpeg(), "mask": _mask(0)}, {}, 400, "empty_mask"),
     ({"image": _jpeg(), "mask": b"not a png"}, {}, 400, "bad_mask"),
     ({"image": _jpeg()}, {}, 400, "no_objects"),
-    ({"image": _jpeg()}, {"boxes": '{"1": [150, 100, 30, 30]}'}, 400, "box_outside_frame"),
+    ({"image": _jpeg()}, {"boxes": '{"1": [170, 100, 30, 30]}'}, 400, "box_outside_frame"),
     ({"image": _jpeg()}, {"boxes": '{"1": [10, 10, 0, 30]}'}, 400, "box_outside_frame"),
     ({"image": _jpeg()}, {"boxes": '{"300": [10, 10, 5, 5]}'}, 400, "bad_object_id"),
     ({"image": _jpeg()}, {"boxes": "{oops"}, 400, "bad_boxes"),
@@ -53,6 +53,7 @@ def _mask(value: int = 1, h: int = 120, w: int = 160) -> bytes:
     ({"image": _jpeg(400, 400), "mask": _mask(h=400, w=400)}, {}, 413, "frame_too_large"),
     ({"image": b"\xff" * (600 * 1024), "mask": _mask()}, {}, 413, "upload_too_large"),
     ({"image": _jpeg(), "mask": _mask()}, {}, 503, "no_capacity"),
+    ({"image": _jpeg()}, {"boxes": '{"1": [150, 100, 30, 30]}'}, 503, "no_capacity"),  # past the edge: clipped
 ])
 def test_create_session_errors(client: TestClient, files: dict, data: dict, status: int, code: str) -> None:
     r = client.post("/v1/sessions", files=files, data=data)
