@@ -16,6 +16,7 @@ the backbone and the decoder as one batch while the learner stays per object:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -164,6 +165,7 @@ class FewShotMemory:
         self.prev_replace: int | None = None  # slot written by the last insertion
         self.protected: list[int] = []  # slots that are never replaced
         self.floor_slots: list[int] = []  # slots sharing the weight floor
+        self._encoded: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * size  # E/W of each slot's mask
 
     @classmethod
     def from_params(cls, params: TrackerParams) -> FewShotMemory:
@@ -182,10 +184,12 @@ class FewShotMemory:
         self.prev_replace = None
         self.protected = [0] if self.weight_floor else []
         self.floor_slots = [0]
+        self._encoded = [None] * self.size
 
     def replace_first_mask(self, mask_crop: torch.Tensor) -> None:
         """A correction on the object's first frame: the initial label changes, its features stay."""
         self.masks[0] = mask_crop[0].to(self.masks.device)
+        self._encoded[0] = None
 
     def first(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The first frame's sample: (features (1, 1, C, h, w), mask (1, 1, H, W))."""
@@ -203,8 +207,24 @@ class FewShotMemory:
         self.prev_replace = slot
         self.samples[slot] = x
         self.masks[slot] = mask_crop[0].to(self.masks.device)
+        self._encoded[slot] = None
         self.num_stored = min(self.num_stored + 1, self.size)
         return slot
+
+    def encoded(self, encode: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]], n: int | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Labels y and weights v (n, 1, D, h, w) of the first n stored masks (all by default).
+
+        E/W is fixed at inference, so each mask is encoded once, when it is stored, and kept: encoding
+        all 32 masks again on every update was the largest cost of a frame. Each mask is encoded alone,
+        so a restored memory (which encodes everything again) gives the very same numbers.
+        """
+        n = self.num_stored if n is None else n
+        for i in range(n):
+            if self._encoded[i] is None:
+                self._encoded[i] = encode(self.masks[i : i + 1])
+        return (torch.cat([self._encoded[i][0] for i in range(n)]),
+                torch.cat([self._encoded[i][1] for i in range(n)]))
 
     def has_room_for_correction(self) -> bool:
         """A correction takes a slot for good; at least two slots must stay replaceable."""
@@ -269,6 +289,7 @@ class FewShotMemory:
         self.prev_replace = state["prev_replace"]
         self.protected = [int(i) for i in state["protected"]]
         self.floor_slots = [int(i) for i in state["floor_slots"]]
+        self._encoded = [None] * self.size
 
 
 # -- target model and its learner ---------------------------------------------------------------------------
@@ -292,27 +313,35 @@ class TargetModelLearner:
 
     def learn_first(self, memory: FewShotMemory) -> None:
         """Fit tau from zeros to the first sample alone (unit weight)."""
-        feat, masks = memory.first()
-        self.tau = self._fit(feat, masks, None, self.init_iter, None)
+        feat, _ = memory.first()
+        with torch.inference_mode(False), torch.no_grad():  # A's autograd needs normal tensors
+            label, sw = memory.encoded(self._encode, 1)
+        self.tau = self._fit(feat, label, sw, None, self.init_iter, None)
 
     def update_due(self, frame_num: int) -> bool:
         return (frame_num - 1) % self.update_every == 0
 
     def refine(self, memory: FewShotMemory) -> None:
         """A few more steps from the current tau on every stored sample with its weight."""
-        feat, masks, weights = memory.stored()
-        self.tau = self._fit(feat, masks, weights, self.update_iter, self.tau)
+        feat, _, weights = memory.stored()
+        with torch.inference_mode(False), torch.no_grad():
+            label, sw = memory.encoded(self._encode)
+        self.tau = self._fit(feat, label, sw, weights, self.update_iter, self.tau)
 
     def apply(self, x: torch.Tensor) -> torch.Tensor:
         """Stage 3: mask encoding T_tau(x) (N, 1, D, h, w) of features x (N, C, h, w)."""
         return self.net.target_model.apply(self.tau, x.reshape(x.shape[0], 1, *x.shape[-3:]))
 
-    def _fit(self, feat: torch.Tensor, masks: torch.Tensor, weights: torch.Tensor | None, num_iter: int,
-             tau: torch.Tensor | None) -> torch.Tensor:
+    def _encode(self, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """E/W of one stored mask (1, 1, H, W), outside inference mode so A's autograd may use the result."""
+        with torch.inference_mode(False), torch.no_grad():
+            return self.net.encode_labels(mask.clone())
+
+    def _fit(self, feat: torch.Tensor, label: torch.Tensor, sw: torch.Tensor, weights: torch.Tensor | None,
+             num_iter: int, tau: torch.Tensor | None) -> torch.Tensor:
         """Run A outside inference mode: its step length comes from autograd (copies leave inference tensors)."""
         with torch.inference_mode(False), torch.no_grad():
-            feat, masks = feat.clone(), masks.clone()
-            label, sw = self.net.encode_labels(masks)
+            feat = feat.clone()
             if weights is not None:
                 sw = sw * weights.clone().to(sw.device).reshape(-1, 1, 1, 1, 1)
             tau = tau.clone() if tau is not None else None

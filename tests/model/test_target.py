@@ -132,3 +132,16 @@ def test_too_many_corrections_is_a_user_error(model) -> None:
     tr.correct(fixed)  # slots: init, correction, one replaceable
     with pytest.raises(InputError, match="object 1: too many corrections"):
         tr.correct(fixed)
+
+
+def test_each_stored_mask_is_encoded_once(model, monkeypatch: pytest.MonkeyPatch) -> None:
+    """E/W is fixed at inference: a mask is encoded when it is stored, not again at every update."""
+    calls: list[int] = []
+    encode = model.net.encode_labels
+    monkeypatch.setattr(model.net, "encode_labels", lambda m: calls.append(m.shape[0]) or encode(m))
+    tr = model.new_tracker((64, 112))
+    tr.step(frame(0), mask=first_mask())
+    for i in range(1, 8):
+        tr.step(frame(i))
+    assert calls and all(n == 1 for n in calls)
+    assert len(calls) == sum(t.memory.num_stored for t in tr.targets.values())  # each stored mask once
