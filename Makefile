@@ -4,7 +4,7 @@ VENV    ?= .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 
-.PHONY: install demo test lint lint-deploy bench clean train-default screenshots
+.PHONY: install demo test lint lint-deploy bench bench-service clean train-default screenshots
 
 # The tested torch pins first (pyproject.toml gives ranges; the Dockerfile pins the same versions), then
 # the project with every extra the tests use.
@@ -44,6 +44,11 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.run
+
+## bench-service: concurrent WebSocket sessions through lwl serve and lwl api + worker + Redis (Redis on
+## 127.0.0.1:6379, or LWL_REDIS_URL), next to in-process stepping; writes bench/service-results.json + .png
+bench-service: $(STAMP)
+	$(BIN)/python -m bench.service
 
 clean:
 	rm -rf $(VENV) demo-out .pytest_cache .ruff_cache
