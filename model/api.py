@@ -17,13 +17,13 @@ from model.checkpoint import build_from_weights, read_weights
 from model.config import NetConfig, TrackerParams, parse_size
 from model.errors import InputError
 from model.network import LWLNet
-from model.tracker import FrameResult, ObjectResult, Tracker
+from model.tracker import FrameResult, ObjectResult, Tracker, step_many
 from model.video import Annotation, SegmentedFrame, segment_video
 
 BUNDLED_WEIGHTS = Path(__file__).resolve().parent / "weights" / "default.safetensors"
 
 __all__ = ["FrameResult", "Model", "ObjectResult", "Tracker", "load_model", "resolve_device", "parse_size",
-           "BUNDLED_WEIGHTS"]
+           "step_many", "BUNDLED_WEIGHTS"]
 
 
 def resolve_device(device: str | None) -> torch.device:

@@ -19,7 +19,7 @@ from model.crop import mask_state, soft_aggregate
 from model.errors import InputError
 from model.media import box_from_label
 from model.network import LWLNet
-from model.target import Target
+from model.target import Target, decode, extract_features
 
 # Version 2: each object's state is its parts' own states (window, memory, learner).
 STATE_VERSION = 2
@@ -47,6 +47,71 @@ class FrameResult:
 def _to_tensor(frame: np.ndarray) -> torch.Tensor:
     """RGB uint8 (H, W, 3) -> float (1, 3, H, W) in 0..255, as the reference's numpy_to_torch."""
     return torch.from_numpy(frame.astype(np.float32)).permute(2, 0, 1).unsqueeze(0)  # one copy, always writable
+
+
+def track_objects(items: list[tuple[Tracker, torch.Tensor]], max_batch: int = 0,
+                  batch_decoder: bool = False) -> list[dict[int, torch.Tensor]]:
+    """Frame scores (H, W) of every object of several trackers, each on its own frame (1, 3, H, W).
+
+    The few-shot learner stays per object (memory, tau, window); the objects' crops go through the
+    backbone together, in batches of at most `max_batch` crops (0 = all at once), grouped by network
+    and crop size. The backbone gives the same numbers for a crop alone or in a batch, so the masks
+    equal one-object-at-a-time stepping. The decoder does not (its convolutions sum in another order
+    for a batch, ~1e-5), and a tracker feeds its masks back into its memory, so such differences grow
+    over a video: it runs per object unless `batch_decoder` (docs/MODEL.md, "Batching").
+    """
+    work = []  # (item index, object id, target, crop coords, frame size)
+    patches: dict[tuple[int, tuple[int, int]], list[int]] = {}
+    crops: list[torch.Tensor] = []
+    for n, (tr, im) in enumerate(items):
+        for oid, t in tr.targets.items():
+            t.begin_frame(tr._prob[oid])
+            patch, coords = t.window.crop(im)
+            patches.setdefault((id(tr.net), tr.crop_hw), []).append(len(work))
+            work.append((n, oid, t, coords, (im.shape[-2], im.shape[-1])))
+            crops.append(patch)
+    out: list[dict[int, torch.Tensor]] = [{} for _ in items]
+    for members in patches.values():
+        step = max_batch if max_batch > 0 else len(members)
+        for i in range(0, len(members), step):
+            group = members[i : i + step]
+            net, device = work[group[0]][2].net, work[group[0]][2].device
+            feats, x = extract_features(net, torch.cat([crops[k] for k in group]), device)
+            encs = [work[k][2].learner.apply(x[j : j + 1]) for j, k in enumerate(group)]
+            if batch_decoder:
+                logits = decode(net, torch.cat(encs), feats, x)
+            else:
+                logits = torch.cat([decode(net, enc, {name: f[j : j + 1] for name, f in feats.items()}, x[j : j + 1])
+                                    for j, enc in enumerate(encs)])
+            for j, k in enumerate(group):
+                n, oid, t, coords, hw = work[k]
+                out[n][oid] = t.finish_frame(logits[j : j + 1], coords, x[j : j + 1], hw)
+    return out
+
+
+@torch.inference_mode()
+def step_many(items: list[tuple[Tracker, np.ndarray]], max_batch: int = 0,
+              batch_decoder: bool = False) -> list[FrameResult]:
+    """The next frame of several trackers (sessions) at once; each result equals `tracker.step(frame)`
+    up to float summation order. Objects cannot start here: frames with new objects go to `step`."""
+    ims = []
+    for tr, frame in items:
+        tr._check_frame(frame)
+        if not tr.targets:
+            raise InputError("the first frame needs a mask or boxes for at least one object")
+        ims.append(_to_tensor(frame))
+    if len({id(tr) for tr, _ in items}) != len(items):
+        raise ValueError("step_many takes each tracker once (frames of one video must be stepped in order)")
+    for tr, frame in items:
+        tr.frame_hw = (int(frame.shape[0]), int(frame.shape[1]))
+        tr.frame_index += 1
+    raws = track_objects([(tr, im) for (tr, _), im in zip(items, ims, strict=True)], max_batch, batch_decoder)
+    results = []
+    for (tr, frame), raw in zip(items, raws, strict=True):
+        tr._raw = raw
+        tr._last_frame = frame
+        results.append(tr._merge())
+    return results
 
 
 class Tracker:
@@ -117,9 +182,8 @@ class Tracker:
         im = _to_tensor(frame)
         self.frame_hw = hw
         self.frame_index += 1
-        raw = {oid: t.track(im, self._prob[oid]) for oid, t in self.targets.items()}
+        self._raw = track_objects([(self, im)])[0]
         self._last_frame = frame
-        self._raw = raw
         self._start(im, new)
         return self._merge()
 
