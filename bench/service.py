@@ -457,6 +457,8 @@ def main(argv: list[str] | None = None) -> int:
               "or pass --redis-url, or --no-redis to skip lwl api + worker)", file=sys.stderr)
         return 2
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
+    # SIGTERM (make interrupted, a CI timeout) unwinds like Ctrl-C, so the `finally`s stop the lwl processes
+    signal.signal(signal.SIGTERM, _terminate)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
 
@@ -532,6 +534,10 @@ def main(argv: list[str] | None = None) -> int:
     plot(results, out.with_suffix(".png"))
     say(f"wrote {out} and {out.with_suffix('.png')}")
     return 0
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
 
 
 def _torch_version() -> str:
