@@ -43,7 +43,11 @@ def clip(n: int, hw: tuple[int, int]) -> tuple[list[np.ndarray], np.ndarray]:
     return frames, mask
 
 
+FULL_MEMORY = 33  # frames after which the 32-sample memory is full: the steady-state cost
+
+
 def time_tracker(model: Model, crop: tuple[int, int], frames: list[np.ndarray], mask: np.ndarray) -> dict:
+    """Median time per frame once the memory is full, and the floor: the bare backbone on one crop."""
     tr = model.new_tracker(crop)
     t0 = time.perf_counter()
     tr.step(frames[0], mask=mask)
@@ -53,18 +57,41 @@ def time_tracker(model: Model, crop: tuple[int, int], frames: list[np.ndarray], 
         t = time.perf_counter()
         tr.step(f)
         times.append(time.perf_counter() - t)
-    med = float(np.median(times))
+    steady = times[FULL_MEMORY:] or times
+    med = float(np.median(steady))
     return {"init_s": round(init_s, 3), "median_frame_s": round(med, 4), "fps": round(1 / med, 2),
+            "floor_fps": round(1 / backbone_floor(model, crop), 2),
             "state_mb": round(len(tr.export_state()) / 2**20, 1)}
+
+
+def backbone_floor(model: Model, crop: tuple[int, int], reps: int = 7) -> float:
+    """Median seconds of the backbone forward alone on one crop: no tracker can be faster than this."""
+    from model.target import extract_features
+
+    patch = torch.rand(1, 3, *crop) * 255
+    out = []
+    with torch.inference_mode():
+        extract_features(model.net, patch, model.device)
+        for _ in range(reps):
+            t = time.perf_counter()
+            extract_features(model.net, patch, model.device)
+            out.append(time.perf_counter() - t)
+    return float(np.median(out))
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--frames", type=int, default=12)
+    ap.add_argument("--frames", type=int, default=48, help="at least 34: the memory fills after 33 frames")
+    ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--out", default="bench/results.json")
     args = ap.parse_args()
     dev = resolve_device(args.device)
+    torch.set_num_threads(args.threads)
+    previous = {}
+    if Path(args.out).is_file():  # the last run's figures, to report each configuration against
+        old = json.loads(Path(args.out).read_text())
+        previous = {(r["model"], r["crop"]): r["fps"] for r in old.get("results", [])}
     frames, mask = clip(args.frames, (480, 854))
     runs = []
     if BUNDLED_WEIGHTS.is_file():
@@ -75,12 +102,14 @@ def main() -> None:
     results = []
     for name, model, crop in runs:
         r = time_tracker(model, crop, frames, mask)
-        r.update(model=name, crop=f"{crop[0]}x{crop[1]}")
+        r.update(model=name, crop=f"{crop[0]}x{crop[1]}", previous_fps=previous.get((name, f"{crop[0]}x{crop[1]}")))
         results.append(r)
+        before = f"was {r['previous_fps']:.2f}" if r["previous_fps"] else "no previous run"
         print(f"{name:22s} crop {r['crop']:8s} init {r['init_s']:6.2f} s   {r['median_frame_s']:.3f} s/frame "
-              f"({r['fps']:.2f} fps)   state {r['state_mb']} MB")
+              f"({r['fps']:.2f} fps, {before}; backbone alone {r['floor_fps']:.2f} fps)   state {r['state_mb']} MB")
     meta = {"device": str(dev), "threads": torch.get_num_threads(), "torch": torch.__version__,
-            "cpu": platform.processor() or platform.machine(), "frame": "854x480", "objects": 1}
+            "cpu": platform.processor() or platform.machine(), "frame": "854x480", "objects": 1,
+            "frames": args.frames, "timed": f"median of frames {FULL_MEMORY + 1}..{args.frames - 1} (memory full)"}
     Path(args.out).write_text(json.dumps({"meta": meta, "results": results}, indent=1))
     import matplotlib
 
@@ -89,7 +118,11 @@ def main() -> None:
 
     fig, ax = plt.subplots(figsize=(7, 3))
     labels = [f"{r['model']}\n{r['crop']}" for r in results]
-    ax.barh(labels, [r["fps"] for r in results], color="#4a7fb5")
+    y = np.arange(len(results))
+    ax.barh(y + 0.2, [r["floor_fps"] for r in results], 0.4, color="#c9d6e3", label="backbone alone (floor)")
+    ax.barh(y - 0.2, [r["fps"] for r in results], 0.4, color="#4a7fb5", label="tracker")
+    ax.set_yticks(y, labels)
+    ax.legend(loc="lower right", fontsize=8)
     ax.set_xlabel(f"frames per second ({dev}, {meta['threads']} threads, 1 object, 854x480)")
     fig.tight_layout()
     fig.savefig(Path(args.out).with_suffix(".png"), dpi=120)
