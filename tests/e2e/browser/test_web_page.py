@@ -49,6 +49,16 @@ def still_then_moving(n_still: int, n_move: int, h: int = 240, w: int = 320) -> 
     return out
 
 
+def write_images(folder: Path, clip: list[tuple[np.ndarray, tuple]]) -> list[str]:
+    """The clip as PNG files 00000.png, 00001.png, ... (the page's Images source)."""
+    files = []
+    for i, (img, _) in enumerate(clip):
+        p = folder / f"{i:05d}.png"
+        Image.fromarray(img).save(p)
+        files.append(str(p))
+    return files
+
+
 def square_mask(rgb: np.ndarray) -> np.ndarray:
     """Where the magenta square is in a (decoded, re-encoded) frame: the known position."""
     r, g, b = (rgb[..., i].astype(int) for i in range(3))
@@ -288,11 +298,7 @@ def test_video_file_every_frame_in_order_equal_to_lwl_segment(serve_tiny, browse
 
 def test_correction_added_and_removed_object_change_what_comes_back(serve_tiny, browser, tmp_path) -> None:  # noqa: ANN001
     clip = still_then_moving(2, 30, 120, 160)
-    files = []
-    for i, (img, _) in enumerate(clip):
-        p = tmp_path / f"{i:05d}.png"
-        Image.fromarray(img).save(p)
-        files.append(str(p))
+    files = write_images(tmp_path, clip)
     page, errors = open_page(browser, serve_tiny.url + "/?record=1&max_inflight=1")
     page.set_input_files("#src-images", files)
     wait(page, "window.lwl.phase === 'preview'", 30)
@@ -397,11 +403,7 @@ def test_a_stopped_worker_is_explained(cluster_factory, browser, tmp_path) -> No
     worker = c.start("worker")
     c.wait_ready(workers=1)
     clip = still_then_moving(3, 0, 120, 160)
-    files = []
-    for i, (img, _) in enumerate(clip):
-        p = tmp_path / f"{i:05d}.png"
-        Image.fromarray(img).save(p)
-        files.append(str(p))
+    files = write_images(tmp_path, clip)
     page, errors = open_page(browser, c.url + "/")
     page.set_input_files("#src-images", files)
     wait(page, "window.lwl.phase === 'preview'", 30)
@@ -424,11 +426,7 @@ def test_a_dropped_connection_offers_reconnect_then_restart(cluster_factory, bro
     serve = c.start("serve")
     c.wait_ready(workers=1)
     clip = still_then_moving(2, 40, 120, 160)
-    files = []
-    for i, (img, _) in enumerate(clip):
-        p = tmp_path / f"{i:05d}.png"
-        Image.fromarray(img).save(p)
-        files.append(str(p))
+    files = write_images(tmp_path, clip)
     page, errors = open_page(browser, c.url + "/?record=1&max_inflight=1")
     page.set_input_files("#src-images", files)
     wait(page, "window.lwl.phase === 'preview'", 30)
@@ -464,11 +462,7 @@ def test_a_dropped_connection_offers_reconnect_then_restart(cluster_factory, bro
 
 def test_phone_sized_screen_and_no_token_in_urls(serve_tiny, browser, tmp_path) -> None:  # noqa: ANN001
     clip = still_then_moving(2, 6, 120, 160)
-    files = []
-    for i, (img, _) in enumerate(clip):
-        p = tmp_path / f"{i:05d}.png"
-        Image.fromarray(img).save(p)
-        files.append(str(p))
+    files = write_images(tmp_path, clip)
     b = browser(None)
     page = b.new_page(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
     errors = page_errors(page)
