@@ -18,45 +18,11 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from bench.reference import ref_decode, ref_f_measure, ref_string_to_counts
 from model.eval.metrics import f_measure
-from model.rle import rle_decode, rle_encode
+from model.rle import _string_to_counts, rle_decode, rle_encode
 
 DAVIS = Path(__file__).resolve().parents[2] / "shared" / "data" / "davis2016-train" / "Annotations"
-
-
-def plain_bmap(seg: np.ndarray) -> np.ndarray:
-    """Boundary map: differs from the east, south or south-east neighbour; last row/column patched."""
-    seg = seg.astype(bool)
-    e = np.zeros_like(seg)
-    s = np.zeros_like(seg)
-    se = np.zeros_like(seg)
-    e[:, :-1] = seg[:, 1:]
-    s[:-1, :] = seg[1:, :]
-    se[:-1, :-1] = seg[1:, 1:]
-    b = (seg ^ e) | (seg ^ s) | (seg ^ se)
-    b[-1, :] = seg[-1, :] ^ e[-1, :]
-    b[:, -1] = seg[:, -1] ^ s[:, -1]
-    b[-1, -1] = False
-    return b
-
-
-def plain_f(seg: np.ndarray, gt: np.ndarray, dilate: Callable[[np.ndarray, int], np.ndarray]) -> float:
-    """Boundary F at the default 0.008 * diagonal tolerance with a given disk dilation."""
-    radius = math.ceil(0.008 * float(np.linalg.norm(seg.shape)))
-    fg_b, gt_b = plain_bmap(seg), plain_bmap(gt)
-    n_fg, n_gt = int(fg_b.sum()), int(gt_b.sum())
-    if n_fg == 0 or n_gt == 0:
-        return 1.0 if n_fg == n_gt else 0.0
-    precision = float((fg_b & dilate(gt_b, radius)).sum()) / n_fg
-    recall = float((gt_b & dilate(fg_b, radius)).sum()) / n_gt
-    return 0.0 if precision + recall == 0 else 2 * precision * recall / (precision + recall)
-
-
-def skimage_dilate(b: np.ndarray, radius: int) -> np.ndarray:
-    """skimage's disk as the footprint of a binary dilation (scipy's, which skimage's wraps)."""
-    from skimage.morphology import disk
-
-    return ndimage.binary_dilation(b, structure=disk(radius).astype(bool))
 
 
 def cv2_dilate(b: np.ndarray, radius: int) -> np.ndarray:
@@ -65,52 +31,6 @@ def cv2_dilate(b: np.ndarray, radius: int) -> np.ndarray:
     from skimage.morphology import disk
 
     return cv2.dilate(b.astype(np.uint8), disk(radius).astype(np.uint8)) > 0
-
-
-def plain_rle_decode(rle: dict) -> np.ndarray:
-    """Runs painted one slice at a time (counts parsed with the same vectorised parser)."""
-    from model.rle import _string_to_counts
-
-    h, w = rle["size"]
-    flat = np.zeros(h * w, dtype=np.uint8)
-    pos, val = 0, 0
-    for r in _string_to_counts(rle["counts"]).tolist():
-        flat[pos : pos + r] = val
-        pos += r
-        val ^= 1
-    return flat.reshape((h, w), order="F")
-
-
-def plain_string_to_counts(s: str) -> list[int]:
-    """COCO counts text parsed one character at a time."""
-    runs: list[int] = []
-    p = 0
-    while p < len(s):
-        x, k, more = 0, 0, True
-        while more:
-            c = ord(s[p]) - 48
-            x |= (c & 0x1F) << (5 * k)
-            more = bool(c & 0x20)
-            p += 1
-            k += 1
-            if not more and (c & 0x10):
-                x |= -1 << (5 * k)
-        if len(runs) > 2:
-            x += runs[-2]
-        runs.append(x)
-    return runs
-
-
-def plain_rle_decode_full(rle: dict) -> np.ndarray:
-    """The whole decode as per-character and per-run Python loops."""
-    h, w = rle["size"]
-    flat = np.zeros(h * w, dtype=np.uint8)
-    pos, val = 0, 0
-    for r in plain_string_to_counts(rle["counts"]):
-        flat[pos : pos + r] = val
-        pos += r
-        val ^= 1
-    return flat.reshape((h, w), order="F")
 
 
 def best_of(fn: Callable[[], object], repeat: int) -> float:
@@ -169,13 +89,13 @@ def main() -> None:
     print(head + f"{'new':>10s} {'vs skimage':>11s}" + (f" {'vs cv2':>8s}" if has_cv2 else ""))
     for name, pred, gt in cases:
         new_f = f_measure(pred, gt)
-        assert new_f == plain_f(pred, gt, skimage_dilate), name
-        t_sk = best_of(lambda p=pred, g=gt: plain_f(p, g, skimage_dilate), args.repeat)
+        assert new_f == ref_f_measure(pred, gt), name
+        t_sk = best_of(lambda p=pred, g=gt: ref_f_measure(p, g), args.repeat)
         t_new = best_of(lambda p=pred, g=gt: f_measure(p, g), args.repeat)
         row = f"{name:24s} {t_sk * 1e3:8.2f}ms "
         if has_cv2:
-            assert new_f == plain_f(pred, gt, cv2_dilate), name
-            t_cv = best_of(lambda p=pred, g=gt: plain_f(p, g, cv2_dilate), args.repeat)
+            assert new_f == ref_f_measure(pred, gt, dilate=cv2_dilate), name
+            t_cv = best_of(lambda p=pred, g=gt: ref_f_measure(p, g, dilate=cv2_dilate), args.repeat)
             row += f"{t_cv * 1e3:8.2f}ms "
         row += f"{t_new * 1e3:8.2f}ms {t_sk / t_new:10.1f}x"
         if has_cv2:
@@ -186,11 +106,13 @@ def main() -> None:
     print(f"{'RLE, noisy 480x854':24s} {'loops':>10s} {'new':>10s} {'speed-up':>11s}")
     mask = (np.random.default_rng(3).random((480, 854)) < 0.5).astype(np.uint8)
     rle = rle_encode(mask)
-    assert np.array_equal(rle_decode(rle), mask) and np.array_equal(plain_rle_decode_full(rle), mask)
-    t_old = best_of(lambda: plain_rle_decode_full(rle), max(1, args.repeat // 2))
+    h, w = rle["size"]
+    assert np.array_equal(rle_decode(rle), mask)
+    assert np.array_equal(ref_decode(h, w, ref_string_to_counts(rle["counts"])), mask)
+    t_old = best_of(lambda: ref_decode(h, w, ref_string_to_counts(rle["counts"])), max(1, args.repeat // 2))
     t_new = best_of(lambda: rle_decode(rle), args.repeat)
     print(f"{'decode (text + paint)':24s} {t_old * 1e3:8.1f}ms {t_new * 1e3:8.2f}ms {t_old / t_new:10.0f}x")
-    t_old = best_of(lambda: plain_rle_decode(rle), max(1, args.repeat // 2))
+    t_old = best_of(lambda: ref_decode(h, w, _string_to_counts(rle["counts"]).tolist()), max(1, args.repeat // 2))
     print(f"{'  paint runs only':24s} {t_old * 1e3:8.1f}ms {'':>10s} {'':>11s}")
     print(f"   ({len(rle['counts'])} characters, {int(mask.size)} pixels)")
 

@@ -7,69 +7,18 @@ dilation with skimage's disk), kept here only to check the fast code against it.
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import numpy as np
 import pytest
 from scipy import ndimage
 
+from bench.reference import ref_dilate, ref_f_measure, ref_seg2bmap
 from model.eval.metrics import db_eval_boundary, dilate_disk, disk_half_widths, f_measure, seg2bmap
 
 skimage_morphology = pytest.importorskip("skimage.morphology")
 
 DAVIS = Path(__file__).resolve().parents[3] / "shared" / "data" / "davis2016-train"
-
-
-def ref_seg2bmap(seg: np.ndarray) -> np.ndarray:
-    """Boundary map built from east, south and south-east shifted copies, edges patched afterwards."""
-    seg = seg.astype(bool)
-    e = np.zeros_like(seg)
-    s = np.zeros_like(seg)
-    se = np.zeros_like(seg)
-    e[:, :-1] = seg[:, 1:]
-    s[:-1, :] = seg[1:, :]
-    se[:-1, :-1] = seg[1:, 1:]
-    b = (seg ^ e) | (seg ^ s) | (seg ^ se)
-    b[-1, :] = seg[-1, :] ^ e[-1, :]
-    b[:, -1] = seg[:, -1] ^ s[:, -1]
-    b[-1, -1] = False
-    return b
-
-
-def ref_dilate(b: np.ndarray, radius: int) -> np.ndarray:
-    """Dilation with skimage's disk as the structuring element, nothing beyond the border."""
-    if not b.any():
-        return b
-    return ndimage.binary_dilation(b, structure=skimage_morphology.disk(radius).astype(bool))
-
-
-def ref_f_measure(seg: np.ndarray, gt: np.ndarray, void: np.ndarray | None = None, bound_th: float = 0.008) -> float:
-    """Boundary F written out step by step, as the DAVIS 2017 toolkit defines it."""
-    seg = seg.astype(bool)
-    gt = gt.astype(bool)
-    if void is not None:
-        seg = seg & ~void.astype(bool)
-        gt = gt & ~void.astype(bool)
-    bound_pix = bound_th if bound_th >= 1 else math.ceil(bound_th * float(np.linalg.norm(seg.shape)))
-    fg_b = ref_seg2bmap(seg)
-    gt_b = ref_seg2bmap(gt)
-    fg_dil = ref_dilate(fg_b, int(bound_pix))
-    gt_dil = ref_dilate(gt_b, int(bound_pix))
-    n_fg = int(fg_b.sum())
-    n_gt = int(gt_b.sum())
-    if n_fg == 0 and n_gt > 0:
-        precision, recall = 1.0, 0.0
-    elif n_fg > 0 and n_gt == 0:
-        precision, recall = 0.0, 1.0
-    elif n_fg == 0 and n_gt == 0:
-        precision, recall = 1.0, 1.0
-    else:
-        precision = float((fg_b & gt_dil).sum()) / n_fg
-        recall = float((gt_b & fg_dil).sum()) / n_gt
-    if precision + recall == 0:
-        return 0.0
-    return 2 * precision * recall / (precision + recall)
 
 
 def blobs(rng: np.random.Generator, h: int, w: int) -> np.ndarray:

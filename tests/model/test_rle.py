@@ -5,54 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from bench.reference import ref_counts_to_string, ref_decode, ref_string_to_counts
 from model.rle import _counts_to_string, _string_to_counts, rle_decode, rle_encode
-
-
-def ref_counts_to_string(runs: list[int]) -> str:
-    """One value at a time: delta against the run two back, 5 bits per character, low bits first."""
-    out = []
-    for i, run in enumerate(runs):
-        x = run - runs[i - 2] if i > 2 else run
-        more = True
-        while more:
-            c = x & 0x1F
-            x >>= 5
-            more = (x != -1) if (c & 0x10) else (x != 0)
-            if more:
-                c |= 0x20
-            out.append(chr(c + 48))
-    return "".join(out)
-
-
-def ref_string_to_counts(s: str) -> list[int]:
-    """Character by character inverse of ref_counts_to_string."""
-    runs: list[int] = []
-    p = 0
-    while p < len(s):
-        x, k, more = 0, 0, True
-        while more:
-            c = ord(s[p]) - 48
-            x |= (c & 0x1F) << (5 * k)
-            more = bool(c & 0x20)
-            p += 1
-            k += 1
-            if not more and (c & 0x10):
-                x |= -1 << (5 * k)
-        if len(runs) > 2:
-            x += runs[-2]
-        runs.append(x)
-    return runs
-
-
-def ref_decode(h: int, w: int, runs: list[int]) -> np.ndarray:
-    """Paint the runs one slice at a time."""
-    flat = np.zeros(h * w, dtype=np.uint8)
-    pos, val = 0, 0
-    for r in runs:
-        flat[pos : pos + r] = val
-        pos += r
-        val ^= 1
-    return flat.reshape((h, w), order="F")
 
 
 def ref_runs(mask: np.ndarray) -> list[int]:
