@@ -31,8 +31,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from model.boxes import clip_box
 from model.errors import InputError
 from service import __version__, obs
-from service.backends import MemoryBackend, RedisBackend
-from service.codec import pack
+from service.backends import MemoryBackend, RedisBackend, Result
+from service.codec import pack, splice
 from service.docs import mount_docs
 from service.schemas import (
     ErrorBody,
@@ -67,16 +67,22 @@ def _hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF", "PPM")  # still images Pillow reads
+
+
 def check_image(data: bytes, max_pixels: int, what: str = "image") -> tuple[int, int]:
-    """Header-level check of an uploaded frame: decodable format, pixel limit. Returns (H, W)."""
+    """Header-only check of an uploaded frame: a known image format, the pixel limit. Returns (H, W).
+    No pixels are decoded here: the worker decodes the frame once and answers bad_image if it is corrupt."""
     if not data:
         raise ApiError(400, "bad_image", f"{what} is empty")
     try:
-        im = Image.open(io.BytesIO(data))
-        w, h = im.size
-        im.verify()
-    except Exception as exc:  # noqa: BLE001 - any decoder failure is the client's bad file
+        with Image.open(io.BytesIO(data)) as im:
+            w, h = im.size
+            fmt = im.format
+    except Exception as exc:  # noqa: BLE001 - any header failure is the client's bad file
         raise ApiError(400, "bad_image", f"{what} cannot be decoded: {exc}") from None
+    if fmt not in IMAGE_FORMATS:
+        raise ApiError(400, "bad_image", f"{what} is {fmt}, not one of {', '.join(IMAGE_FORMATS)}")
     if w * h > max_pixels:
         raise ApiError(413, "frame_too_large",
                        f"{what} is {w}x{h} = {w * h} pixels, more than LWL_MAX_FRAME_PIXELS={max_pixels}")
@@ -168,20 +174,28 @@ class Service:
 
     async def owner(self, sid: str, meta: dict[str, str]) -> str:
         """The session's worker; if it died, move the session to a live worker (which restores it)."""
-        live = {w["id"]: w for w in await self.b.live_workers()}
         wid = meta.get("worker", "")
-        if wid in live:
+        if await self.b.worker_alive(wid):
             return wid
-        cands = await self.candidates()
-        if not cands:
-            cands = [w for w in live.values() if not w.get("draining")]
+        return await self.move(sid, wid)
+
+    async def move(self, sid: str, dead: str) -> str:
+        """Give a session whose worker died to the live worker with the most room, and tell that worker
+        to adopt it now (restore the snapshot, replay the frames after it, read its frames from then on)."""
+        live = await self.b.live_workers()
+        cands = await self.candidates() or [w for w in live if not w.get("draining")]
         if not cands:
             raise ApiError(503, "no_worker", "the session's worker is gone and no other worker is live",
                            headers={"Retry-After": str(max(1, int(self.s.heartbeat_s * 2)))})
         new = cands[0]["id"]
         await self.b.update_session(sid, {"worker": new})
-        log.info("session moved", extra={"session_id": sid, "from": wid, "to": new})
+        await self.adopt(sid, new)
+        log.info("session moved", extra={"session_id": sid, "from": dead, "to": new})
         return new
+
+    async def adopt(self, sid: str, wid: str) -> None:
+        """Ask a worker to hold a session (a no-op for the worker that holds it already)."""
+        await self.b.send_work(wid, *pack({"op": "adopt", "sid": sid}))
 
     async def rpc(self, wid: str, header: dict[str, Any], *blobs: bytes,
                   timeout: float | None = None) -> dict:
@@ -189,7 +203,12 @@ class Service:
         req = uuid.uuid4().hex
         h, body = pack({**header, "req": req}, *blobs)
         await self.b.send_work(wid, h, body)
-        timeout = timeout or self.s.request_timeout_s
+        return await self.wait_answer(req, wid, timeout or self.s.request_timeout_s)
+
+    async def wait_answer(self, req: str, wid: str, timeout: float, sid: str = "") -> dict:
+        """The reply to one REST call; worker errors become ApiError, a worker that dies meanwhile 503.
+        With `sid` (a frame), a live worker that is slow to answer is asked to adopt the session, in case
+        it restarted under the same id and no longer holds it."""
         deadline = time.monotonic() + timeout
         while True:
             got = await self.b.wait_reply(req, min(2.0, max(0.1, deadline - time.monotonic())))
@@ -197,13 +216,33 @@ class Service:
                 break
             if time.monotonic() >= deadline:
                 raise ApiError(504, "worker_timeout", f"worker {wid} did not answer within {timeout:.0f} s")
-            if wid not in {w["id"] for w in await self.b.live_workers()}:
+            if not await self.b.worker_alive(wid):
                 raise ApiError(503, "worker_lost", f"worker {wid} stopped while handling the request; retry",
                                headers={"Retry-After": "1"})
+            if sid:
+                await self.adopt(sid, wid)
         out = json.loads(got[0])
         if out.get("type") == "error":
             raise ApiError(out["status"], out["code"], out["detail"])
         return out
+
+    async def frame_rpc(self, sid: str, meta: dict[str, str], fmt: str, image: bytes) -> dict:
+        """A frame over REST: into the session's frames stream like a WebSocket frame (so it is in the
+        replay log), answered on a reply list. If the worker dies meanwhile, the frame stays in the stream
+        and the session's new worker answers it after its replay."""
+        wid = await self.owner(sid, meta)
+        req = uuid.uuid4().hex
+        h, body = pack({"op": "frame", "fmt": fmt, "req": req}, image)
+        if await self.b.submit_frame(sid, h, body, self.s.session_ttl_s) is None:
+            raise ApiError(404, "unknown_session", f"unknown session {sid} (deleted or expired)")
+        for attempt in range(2):
+            try:
+                return await self.wait_answer(req, wid, self.s.request_timeout_s, sid)
+            except ApiError as e:
+                if e.code != "worker_lost" or attempt:
+                    raise
+                wid = await self.owner(sid, await self.b.get_session(sid) or meta)
+        raise AssertionError("unreachable")
 
     async def session_rpc(self, sid: str, meta: dict[str, str], header: dict[str, Any],
                           *blobs: bytes) -> dict:
@@ -451,9 +490,7 @@ def create_app(settings: Settings, backend: RedisBackend | MemoryBackend, worker
         meta = await svc.auth(sid, _token(authorization, x_session_token, token))
         img = await read_upload(image, settings.max_upload_bytes, "image")
         check_image(img or b"", settings.max_frame_pixels)
-        fmt = format or meta.get("format", "png")
-        seq = await backend.next_seq(sid)
-        return await svc.session_rpc(sid, meta, {"op": "frame", "seq": seq, "fmt": fmt}, img or b"")
+        return await svc.frame_rpc(sid, meta, format or meta.get("format", "png"), img or b"")
 
     @app.post("/v1/sessions/{sid}/objects", tags=["sessions"], response_model=FrameResultOut,
               responses=ERRORS)
@@ -615,8 +652,9 @@ class StreamHandler:
 
     def __init__(self, svc: Service, ws: WebSocket, sid: str) -> None:
         self.svc, self.ws, self.sid = svc, ws, sid
-        self.inflight: OrderedDict[int, tuple[float, Any, bytes]] = OrderedDict()
+        self.inflight: OrderedDict[int, tuple[float, Any]] = OrderedDict()  # seq -> (receipt time, client id)
         self.waiting: tuple[float, Any, bytes] | None = None  # latest mode: newest unsent frame
+        self.owner = ""  # the session's worker: looked up at the start, again only when answers stop
         self.slot = asyncio.Event()
         self.send_lock = asyncio.Lock()
         self.closed = False
@@ -654,6 +692,11 @@ class StreamHandler:
                 return await self.close(4400, "bad option")
             self.mode = mode
             self.limit = max(1, min(max_inflight or s.max_inflight_frames, s.max_inflight_frames))
+            try:
+                self.owner = await self.svc.owner(self.sid, meta)
+            except ApiError as e:
+                await self.send({"type": "error", "code": e.code, "detail": e.detail})
+                return await self.close(4503, e.detail)
             last = await self.svc.b.last_result(self.sid)
             self.last_id = last[0] if last else "0"
             await self.send({"type": "ready", "session_id": self.sid, "format": self.fmt, "mode": self.mode,
@@ -745,59 +788,63 @@ class StreamHandler:
             await self._submit(t0, client_id, data)
 
     async def _submit(self, t0: float, client_id: Any, data: bytes) -> None:
-        meta = await self.svc.b.get_session(self.sid)
-        if meta is None:
+        """One round trip: the frame goes into the session's frames stream, numbered by the next seq.
+        No worker lookup: the owner reads that stream (and it is the replay log if the owner dies)."""
+        h, body = pack({"op": "frame", "fmt": self.fmt}, data)
+        seq = await self.svc.b.submit_frame(self.sid, h, body, self.svc.s.session_ttl_s)
+        if seq is None:
             raise _Close(4410, "session ended (deleted or expired)")
-        seq = await self.svc.b.next_seq(self.sid)
-        self.inflight[seq] = (t0, client_id, data)
-        await self._send_work(meta, seq, data)
-
-    async def _send_work(self, meta: dict[str, str], seq: int, data: bytes) -> None:
-        try:
-            wid = await self.svc.owner(self.sid, meta)
-        except ApiError as e:
-            raise _Close(4503, e.detail) from None
-        h, body = pack({"op": "frame", "sid": self.sid, "seq": seq, "fmt": self.fmt}, data)
-        await self.svc.b.send_work(wid, h, body)
+        self.inflight[seq] = (t0, client_id)
 
     async def _relay(self) -> None:
-        """Forward this stream's results in order; move the session when its worker dies."""
-        b = self.svc.b
+        """Forward this stream's results in order, as the worker wrote them; when answers stop coming,
+        check the session and its worker (and move the session if the worker died)."""
         quiet_since = time.monotonic()
         while True:
-            msgs = await b.read_results(self.sid, self.last_id, 1.0)
-            for eid, hraw, _body in msgs:
-                self.last_id = eid
-                out = json.loads(hraw)
-                seq = out.get("seq")
-                if seq not in self.inflight:
-                    continue
-                t0, client_id, _ = self.inflight.pop(seq)
-                if client_id is not None:
-                    out["id"] = client_id
-                if out.get("type") == "result":
-                    obs.LATENCY.labels("end_to_end").observe(time.perf_counter() - t0)
-                    out["latency_ms"] = round((time.perf_counter() - t0) * 1000, 3)
-                await self.send(out)
-                if self.waiting is not None and len(self.inflight) < self.limit:
-                    w, self.waiting = self.waiting, None
-                    await self._submit(*w)
-                self.slot.set()
+            msgs = await self.svc.b.read_results(self.sid, self.last_id, 1.0)
+            for r in msgs:
+                self.last_id = r.eid
+                if r.seq in self.inflight:
+                    await self._forward(r)
             if msgs:
                 quiet_since = time.monotonic()
                 continue
-            if time.monotonic() - quiet_since < 1.0:
-                continue
-            quiet_since = time.monotonic()
-            meta = await b.get_session(self.sid)
-            if meta is None:
-                raise _Close(4410, "session ended (deleted or expired)")
-            if self.inflight:
-                live = {w["id"] for w in await b.live_workers()}
-                if meta.get("worker") not in live:  # owner died: move and resend what is unanswered
-                    for seq, (_t0, _cid, data) in list(self.inflight.items()):
-                        await self._send_work(meta, seq, data)
-                        meta = await b.get_session(self.sid) or meta
+            if time.monotonic() - quiet_since >= 1.0:
+                quiet_since = time.monotonic()
+                await self._check_owner()
+
+    async def _forward(self, r: Result) -> None:
+        """Send one answer: the worker's JSON text plus the client's id and the latency (spliced in)."""
+        t0, client_id = self.inflight.pop(r.seq)
+        extra: dict[str, Any] = {} if client_id is None else {"id": client_id}
+        if r.kind == "result":
+            dt = time.perf_counter() - t0
+            obs.LATENCY.labels("end_to_end").observe(dt)
+            extra["latency_ms"] = round(dt * 1000, 3)
+        async with self.send_lock:
+            await self.ws.send_text(splice(r.body, extra).decode())
+        if self.waiting is not None and len(self.inflight) < self.limit:
+            w, self.waiting = self.waiting, None
+            await self._submit(*w)
+        self.slot.set()
+
+    async def _check_owner(self) -> None:
+        """After a quiet second: the session must still exist; with frames in flight, a dead worker's
+        session moves (the new worker replays the frames stream), a live one is asked to adopt it (a
+        no-op unless it restarted under the same id and lost it)."""
+        meta = await self.svc.b.get_session(self.sid)
+        if meta is None:
+            raise _Close(4410, "session ended (deleted or expired)")
+        if not self.inflight:
+            return
+        self.owner = meta.get("worker", "")
+        if await self.svc.b.worker_alive(self.owner):
+            await self.svc.adopt(self.sid, self.owner)
+            return
+        try:
+            self.owner = await self.svc.move(self.sid, self.owner)
+        except ApiError as e:
+            raise _Close(4503, e.detail) from None
 
 
 class _Close(Exception):

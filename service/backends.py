@@ -11,16 +11,75 @@ docs/ARCHITECTURE.md.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
+import re
 import time
 from collections import defaultdict
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+from service.codec import splice
 
 Msg = tuple[str, bytes, bytes]  # (stream id, header JSON, body)
 
 
+class Input(NamedTuple):
+    """One message for a worker: an op from its work stream (sid "") or a frame from a session's frames."""
+
+    sid: str
+    eid: str
+    header: bytes
+    body: bytes
+
+
+class Result(NamedTuple):
+    """One entry of a session's result stream: the final JSON text plus the two fields the relay needs."""
+
+    eid: str
+    body: bytes
+    seq: int
+    kind: str
+
+
+@dataclass
+class Answer:
+    """A message for a client, final JSON text: to the session's result stream, or to a REST call's reply."""
+
+    body: bytes
+    kind: str
+    seq: int = 0
+    req: str = ""
+
+
+@dataclass
+class Commit:
+    """A worker's writes after one op, made in one round trip and only while the session is still its own
+    (a worker that lost a session to another must not overwrite its state)."""
+
+    sid: str
+    worker: str
+    ttl_s: float
+    fields: dict[str, str] = field(default_factory=dict)
+    answers: list[Answer] = field(default_factory=list)
+    snapshot: bytes | None = None
+    upto: str = ""  # the snapshot covers the session's frames up to this id: they leave the replay log
+
+
 def _s(v: Any) -> str:
     return v.decode() if isinstance(v, bytes) else str(v)
+
+
+def _next_id(eid: str) -> str:
+    """The smallest stream id after `eid` (XTRIM MINID keeps ids from it on)."""
+    ms, _, seq = eid.partition("-")
+    return f"{ms}-{int(seq or 0) + 1}"
+
+
+def id_order(eid: str) -> tuple[int, int]:
+    """A stream id as a sortable pair (ids of Redis streams are time-based, so this is arrival order)."""
+    ms, _, seq = eid.partition("-")
+    return int(ms), int(seq or 0)
 
 
 class Store:
@@ -33,12 +92,12 @@ class Store:
     async def delete_session(self, sid: str) -> None: ...
     async def next_seq(self, sid: str) -> int: ...
     async def session_ids(self) -> list[str]: ...
-    async def put_snapshot(self, sid: str, blob: bytes, ttl_s: float) -> None: ...
+    async def put_snapshot(self, sid: str, blob: bytes, ttl_s: float, upto: str = "") -> None: ...
     async def get_snapshot(self, sid: str) -> bytes | None: ...
-    async def append_replay(self, sid: str, record: bytes, ttl_s: float) -> None: ...
-    async def get_replay(self, sid: str) -> list[bytes]: ...
+    async def commit(self, c: Commit) -> bool: ...
     async def heartbeat(self, wid: str, info: dict[str, Any], ttl_s: float) -> None: ...
     async def live_workers(self) -> list[dict[str, Any]]: ...
+    async def worker_alive(self, wid: str) -> bool: ...
     async def remove_worker(self, wid: str) -> None: ...
     async def put_job(self, jid: str, rec: dict[str, str]) -> None: ...
     async def get_job(self, jid: str) -> dict[str, str] | None: ...
@@ -52,11 +111,15 @@ class Broker:
 
     async def send_work(self, wid: str, header: bytes, body: bytes) -> None: ...
     async def read_work(self, wid: str, last_id: str, block_s: float) -> list[Msg]: ...
+    async def read_inputs(self, wid: str, work_after: str, frames_after: dict[str, str],
+                          block_s: float) -> list[Input]: ...
     async def work_depth(self, wid: str) -> int: ...
     async def drop_work(self, wid: str) -> None: ...
-    async def publish_result(self, sid: str, header: bytes, body: bytes) -> str: ...
-    async def read_results(self, sid: str, last_id: str, block_s: float) -> list[Msg]: ...
-    async def last_result(self, sid: str) -> Msg | None: ...
+    async def submit_frame(self, sid: str, header: bytes, body: bytes, ttl_s: float) -> int | None: ...
+    async def read_frames(self, sid: str, after_id: str) -> list[Msg]: ...
+    async def deliver(self, sid: str, answers: list[Answer]) -> None: ...
+    async def read_results(self, sid: str, last_id: str, block_s: float) -> list[Result]: ...
+    async def last_result(self, sid: str) -> Result | None: ...
     async def drop_results(self, sid: str) -> None: ...
     async def reply(self, req: str, header: bytes, body: bytes) -> None: ...
     async def wait_reply(self, req: str, timeout_s: float) -> tuple[bytes, bytes] | None: ...
@@ -68,6 +131,50 @@ class Broker:
 
 # ============================================================================ Redis
 
+# A frame into the session's frames stream, numbered by the session-wide seq, in one round trip.
+# KEYS: session hash, frames stream. ARGV: header JSON, image, ttl. Nil when the session is gone.
+SUBMIT_LUA = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return false end
+local seq = redis.call('HINCRBY', KEYS[1], 'seq_next', 1)
+local h = string.sub(ARGV[1], 1, -2)
+if string.sub(h, -1) ~= '{' then h = h .. ',' end
+redis.call('XADD', KEYS[2], '*', 'h', h .. '"seq":' .. seq .. '}', 'b', ARGV[2])
+redis.call('EXPIRE', KEYS[2], ARGV[3])
+return seq
+"""
+
+# A worker's writes after one op, in one round trip, only while the session names this worker.
+# KEYS: session, results, frames, snapshot, then one reply list per REST answer.
+# ARGV: worker, ttl, has snapshot, snapshot, trim MINID, result stream cap, field count, fields...,
+#       then per answer: type, seq, JSON text, reply index (0 = the result stream).
+COMMIT_LUA = """
+if redis.call('HGET', KEYS[1], 'worker') ~= ARGV[1] then return 0 end
+local ttl = tonumber(ARGV[2])
+local n = tonumber(ARGV[7])
+local i = 8
+if n > 0 then redis.call('HSET', KEYS[1], unpack(ARGV, i, i + 2 * n - 1)) end
+i = i + 2 * n
+redis.call('EXPIRE', KEYS[1], ttl)
+redis.call('EXPIRE', KEYS[3], ttl)
+if ARGV[3] == '1' then
+  redis.call('SET', KEYS[4], ARGV[4], 'EX', ttl)
+  if ARGV[5] ~= '' then redis.call('XTRIM', KEYS[3], 'MINID', ARGV[5]) end
+else
+  redis.call('EXPIRE', KEYS[4], ttl)
+end
+while i <= #ARGV do
+  local dest = tonumber(ARGV[i + 3])
+  if dest == 0 then
+    redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[6], '*', 'h', ARGV[i + 2], 's', ARGV[i + 1], 't', ARGV[i])
+  else
+    redis.call('RPUSH', KEYS[4 + dest], ARGV[i + 2], '')
+    redis.call('EXPIRE', KEYS[4 + dest], 120)
+  end
+  i = i + 4
+end
+return 1
+"""
+
 
 class RedisBackend(Store, Broker):
     """Store and Broker over one Redis connection pool (binary-safe, decode_responses off)."""
@@ -75,11 +182,15 @@ class RedisBackend(Store, Broker):
     RESULT_MAXLEN = 256
     ORPHAN_IDLE_MS = 5000  # a job pending this long on a worker without heartbeat is taken over
 
-    def __init__(self, url: str, prefix: str = "lwl") -> None:
+    def __init__(self, url: str, prefix: str = "lwl", name: str = "") -> None:
         import redis.asyncio as aioredis
 
-        self.r = aioredis.from_url(url, decode_responses=False)
+        # the name shows in CLIENT LIST / MONITOR, so an operator (or a test) sees which process talks
+        name = re.sub(r"[^\w.:-]", "_", name)  # CLIENT SETNAME refuses spaces
+        self.r = aioredis.from_url(url, decode_responses=False, client_name=name or None)
         self.p = prefix
+        self._submit = self.r.register_script(SUBMIT_LUA)
+        self._commit = self.r.register_script(COMMIT_LUA)
 
     def k(self, *parts: str) -> str:
         """A namespaced key."""
@@ -112,7 +223,7 @@ class RedisBackend(Store, Broker):
             if ttl_s:
                 p.expire(key, int(ttl_s) + 1)
                 p.expire(self.k("snapshot", sid), int(ttl_s) + 1)
-                p.expire(self.k("replay", sid), int(ttl_s) + 1)
+                p.expire(self.k("frames", sid), int(ttl_s) + 1)
             await p.execute()
         return True
 
@@ -121,9 +232,11 @@ class RedisBackend(Store, Broker):
         return int(await self.r.hincrby(self.k("session", sid), "seq_next", 1))
 
     async def delete_session(self, sid: str) -> None:
-        await self.r.delete(self.k("session", sid), self.k("snapshot", sid), self.k("replay", sid),
-                            self.k("results", sid))
-        await self.r.srem(self.k("sessions"), sid)
+        async with self.r.pipeline() as p:
+            p.delete(self.k("session", sid), self.k("snapshot", sid), self.k("frames", sid),
+                     self.k("results", sid))
+            p.srem(self.k("sessions"), sid)
+            await p.execute()
 
     async def session_ids(self) -> list[str]:
         ids = [_s(x) for x in await self.r.smembers(self.k("sessions"))]
@@ -135,23 +248,31 @@ class RedisBackend(Store, Broker):
                 await self.r.srem(self.k("sessions"), sid)
         return alive
 
-    async def put_snapshot(self, sid: str, blob: bytes, ttl_s: float) -> None:
+    async def put_snapshot(self, sid: str, blob: bytes, ttl_s: float, upto: str = "") -> None:
         async with self.r.pipeline() as p:
             p.set(self.k("snapshot", sid), blob, ex=int(ttl_s) + 1)
-            p.delete(self.k("replay", sid))
+            if upto:
+                p.xtrim(self.k("frames", sid), minid=_next_id(upto), approximate=False)
             await p.execute()
 
     async def get_snapshot(self, sid: str) -> bytes | None:
         return await self.r.get(self.k("snapshot", sid))
 
-    async def append_replay(self, sid: str, record: bytes, ttl_s: float) -> None:
-        async with self.r.pipeline() as p:
-            p.rpush(self.k("replay", sid), record)
-            p.expire(self.k("replay", sid), int(ttl_s) + 1)
-            await p.execute()
-
-    async def get_replay(self, sid: str) -> list[bytes]:
-        return list(await self.r.lrange(self.k("replay", sid), 0, -1))
+    async def commit(self, c: Commit) -> bool:
+        keys = [self.k("session", c.sid), self.k("results", c.sid), self.k("frames", c.sid),
+                self.k("snapshot", c.sid)]
+        args: list[Any] = [c.worker, int(c.ttl_s) + 1, "1" if c.snapshot is not None else "0",
+                           c.snapshot or b"", _next_id(c.upto) if c.upto else "", self.RESULT_MAXLEN,
+                           len(c.fields)]
+        for k, v in c.fields.items():
+            args += [k, v]
+        for a in c.answers:
+            dest = 0
+            if a.req:
+                keys.append(self.k("reply", a.req))
+                dest = len(keys) - 4
+            args += [a.kind, a.seq, a.body, dest]
+        return bool(await self._commit(keys=keys, args=args))
 
     async def heartbeat(self, wid: str, info: dict[str, Any], ttl_s: float) -> None:
         async with self.r.pipeline() as p:
@@ -168,6 +289,9 @@ class RedisBackend(Store, Broker):
             else:
                 out.append(json.loads(raw))
         return out
+
+    async def worker_alive(self, wid: str) -> bool:
+        return bool(wid) and bool(await self.r.exists(self.k("worker", wid)))
 
     async def remove_worker(self, wid: str) -> None:
         await self.r.delete(self.k("worker", wid))
@@ -191,16 +315,38 @@ class RedisBackend(Store, Broker):
     async def send_work(self, wid: str, header: bytes, body: bytes) -> None:
         await self.r.xadd(self.k("work", wid), {b"h": header, b"b": body})
 
+    async def _xread_many(self, streams: dict[str, str], block_s: float) -> list[tuple[str, str, dict]]:
+        """(key, id, fields) of the entries after the given ids, several streams in one blocking call."""
+        res = await self.r.xread(streams, count=64, block=max(1, int(block_s * 1000)))
+        items = res.items() if isinstance(res, dict) else (res or [])
+        return [(_s(key), _s(eid), fields) for key, entries in items for eid, fields in entries]
+
     async def _xread(self, key: str, last_id: str, block_s: float) -> list[Msg]:
-        res = await self.r.xread({key: last_id}, count=64, block=max(1, int(block_s * 1000)))
-        out: list[Msg] = []
-        for _key, entries in res or []:
-            for eid, fields in entries:
-                out.append((_s(eid), fields[b"h"], fields.get(b"b", b"")))
-        return out
+        return [(eid, f[b"h"], f.get(b"b", b"")) for _k, eid, f in await self._xread_many({key: last_id}, block_s)]
 
     async def read_work(self, wid: str, last_id: str, block_s: float) -> list[Msg]:
         return await self._xread(self.k("work", wid), last_id, block_s)
+
+    async def read_inputs(self, wid: str, work_after: str, frames_after: dict[str, str],
+                          block_s: float) -> list[Input]:
+        """The worker's one read: its work stream and the frames of the sessions it holds, in arrival order."""
+        streams = {self.k("work", wid): work_after}
+        sids = {self.k("frames", sid): sid for sid in frames_after}
+        streams.update({key: frames_after[sid] for key, sid in sids.items()})
+        got = [Input(sids.get(key, ""), eid, f[b"h"], f.get(b"b", b""))
+               for key, eid, f in await self._xread_many(streams, block_s)]
+        return sorted(got, key=lambda m: id_order(m.eid))
+
+    async def submit_frame(self, sid: str, header: bytes, body: bytes, ttl_s: float) -> int | None:
+        seq = await self._submit(keys=[self.k("session", sid), self.k("frames", sid)],
+                                 args=[header, body, int(ttl_s) + 1])
+        return None if seq is None else int(seq)
+
+    async def read_frames(self, sid: str, after_id: str) -> list[Msg]:
+        """The session's frames after `after_id`: the replay log after a snapshot."""
+        start = f"({after_id}" if after_id not in ("", "0") else "-"
+        return [(_s(eid), f[b"h"], f.get(b"b", b"")) for eid, f in await self.r.xrange(self.k("frames", sid),
+                                                                                       min=start)]
 
     async def work_depth(self, wid: str) -> int:
         return int(await self.r.xlen(self.k("work", wid)))
@@ -212,20 +358,29 @@ class RedisBackend(Store, Broker):
         """Forget handled work entries (keeps the stream short)."""
         await self.r.xtrim(self.k("work", wid), minid=upto_id)
 
-    async def publish_result(self, sid: str, header: bytes, body: bytes) -> str:
-        eid = await self.r.xadd(self.k("results", sid), {b"h": header, b"b": body},
-                                maxlen=self.RESULT_MAXLEN, approximate=True)
-        return _s(eid)
+    async def deliver(self, sid: str, answers: list[Answer]) -> None:
+        """Answers that change no session state (errors, pings), in one round trip."""
+        async with self.r.pipeline() as p:
+            for a in answers:
+                if a.req:
+                    p.rpush(self.k("reply", a.req), a.body, b"")
+                    p.expire(self.k("reply", a.req), 120)
+                else:
+                    p.xadd(self.k("results", sid), {b"h": a.body, b"s": a.seq, b"t": a.kind},
+                           maxlen=self.RESULT_MAXLEN, approximate=True)
+            await p.execute()
 
-    async def read_results(self, sid: str, last_id: str, block_s: float) -> list[Msg]:
-        return await self._xread(self.k("results", sid), last_id, block_s)
+    @staticmethod
+    def _result(eid: str, f: dict) -> Result:
+        return Result(eid, f[b"h"], int(f.get(b"s") or 0), _s(f.get(b"t", b"")))
 
-    async def last_result(self, sid: str) -> Msg | None:
+    async def read_results(self, sid: str, last_id: str, block_s: float) -> list[Result]:
+        return [self._result(eid, f) for _k, eid, f in
+                await self._xread_many({self.k("results", sid): last_id}, block_s)]
+
+    async def last_result(self, sid: str) -> Result | None:
         res = await self.r.xrevrange(self.k("results", sid), count=1)
-        if not res:
-            return None
-        eid, fields = res[0]
-        return _s(eid), fields[b"h"], fields.get(b"b", b"")
+        return self._result(_s(res[0][0]), res[0][1]) if res else None
 
     async def drop_results(self, sid: str) -> None:
         await self.r.delete(self.k("results", sid))
@@ -299,53 +454,71 @@ class RedisBackend(Store, Broker):
 # ============================================================================ in-process
 
 
-class _Stream:
-    """An append-only list with monotonically increasing ids and a waitable condition."""
+class _Hub:
+    """What the in-process streams share: one id counter (ids of different streams compare in arrival
+    order, as Redis's time-based ids do) and one condition (a reader can wait on several streams)."""
 
-    def __init__(self, maxlen: int | None = None) -> None:
-        self.items: list[tuple[int, bytes, bytes]] = []
-        self.next = 1
-        self.maxlen = maxlen
+    def __init__(self) -> None:
+        self.ids = itertools.count(1)
         self.cond = asyncio.Condition()
 
-    async def add(self, header: bytes, body: bytes) -> str:
+    async def wait(self, ready: Any, block_s: float) -> bool:
+        """Wait until ready() is true (False after block_s)."""
         async with self.cond:
-            eid = self.next
-            self.next += 1
-            self.items.append((eid, header, body))
+            if ready():
+                return True
+            try:
+                await asyncio.wait_for(self.cond.wait_for(ready), block_s)
+            except asyncio.TimeoutError:
+                return False
+            return True
+
+
+class _Stream:
+    """An append-only list of (id, fields) with ids from the hub."""
+
+    def __init__(self, hub: _Hub, maxlen: int | None = None) -> None:
+        self.hub = hub
+        self.items: list[tuple[int, dict[str, Any]]] = []
+        self.maxlen = maxlen
+
+    async def add(self, **fields: Any) -> str:
+        async with self.hub.cond:
+            eid = next(self.hub.ids)
+            self.items.append((eid, fields))
             if self.maxlen and len(self.items) > self.maxlen:
                 del self.items[: len(self.items) - self.maxlen]
-            self.cond.notify_all()
+            self.hub.cond.notify_all()
             return f"{eid}-0"
 
-    def _after(self, last: int) -> list[Msg]:
-        return [(f"{e}-0", h, b) for e, h, b in self.items if e > last][:64]
+    def after(self, last_id: str) -> list[tuple[str, dict[str, Any]]]:
+        last = id_order(last_id)[0] if last_id not in ("", "$") else (self.items[-1][0] if self.items else 0)
+        return [(f"{e}-0", f) for e, f in self.items if e > last][:64]
 
-    async def read(self, last_id: str, block_s: float) -> list[Msg]:
-        last = self.next - 1 if last_id == "$" else int(last_id.split("-")[0])
-        async with self.cond:
-            got = self._after(last)
-            if got:
-                return got
-            try:
-                await asyncio.wait_for(self.cond.wait_for(lambda: bool(self._after(last))), block_s)
-            except asyncio.TimeoutError:
-                return []
-            return self._after(last)
+    def trim_upto(self, eid: str) -> None:
+        upto = id_order(eid)[0]
+        self.items = [it for it in self.items if it[0] > upto]
+
+    async def read(self, last_id: str, block_s: float) -> list[tuple[str, dict[str, Any]]]:
+        if last_id == "$":
+            last_id = f"{self.items[-1][0] if self.items else 0}-0"
+        await self.hub.wait(lambda: bool(self.after(last_id)), block_s)
+        return self.after(last_id)
 
 
 class MemoryBackend(Store, Broker):
     """Store and Broker in the process's memory, for `lwl serve` (one api + one worker, no Redis)."""
 
     def __init__(self) -> None:
+        self.hub = _Hub()
         self.sessions: dict[str, dict[str, str]] = {}
         self.expiry: dict[str, float] = {}
         self.snapshots: dict[str, bytes] = {}
-        self.replays: dict[str, list[bytes]] = defaultdict(list)
         self.workers: dict[str, tuple[float, dict[str, Any]]] = {}
         self.jobs: dict[str, dict[str, str]] = {}
-        self.work: dict[str, _Stream] = defaultdict(_Stream)
-        self.results: dict[str, _Stream] = defaultdict(lambda: _Stream(RedisBackend.RESULT_MAXLEN))
+        self.work: dict[str, _Stream] = defaultdict(lambda: _Stream(self.hub))
+        self.frames: dict[str, _Stream] = defaultdict(lambda: _Stream(self.hub))
+        self.results: dict[str, _Stream] = defaultdict(lambda: _Stream(self.hub, RedisBackend.RESULT_MAXLEN))
         self.replies: dict[str, asyncio.Queue] = defaultdict(asyncio.Queue)
         self.jobqueue: asyncio.Queue[str] = asyncio.Queue()
 
@@ -378,24 +551,28 @@ class MemoryBackend(Store, Broker):
         return int(meta["seq_next"])
 
     async def delete_session(self, sid: str) -> None:
-        for d in (self.sessions, self.expiry, self.snapshots, self.replays, self.results):
+        for d in (self.sessions, self.expiry, self.snapshots, self.frames, self.results):
             d.pop(sid, None)
 
     async def session_ids(self) -> list[str]:
         return [s for s in list(self.sessions) if self._alive(s)]
 
-    async def put_snapshot(self, sid: str, blob: bytes, ttl_s: float) -> None:
+    async def put_snapshot(self, sid: str, blob: bytes, ttl_s: float, upto: str = "") -> None:
         self.snapshots[sid] = blob
-        self.replays.pop(sid, None)
+        if upto and sid in self.frames:
+            self.frames[sid].trim_upto(upto)
 
     async def get_snapshot(self, sid: str) -> bytes | None:
         return self.snapshots.get(sid)
 
-    async def append_replay(self, sid: str, record: bytes, ttl_s: float) -> None:
-        self.replays[sid].append(record)
-
-    async def get_replay(self, sid: str) -> list[bytes]:
-        return list(self.replays.get(sid, []))
+    async def commit(self, c: Commit) -> bool:
+        if not self._alive(c.sid) or self.sessions[c.sid].get("worker") != c.worker:
+            return False
+        await self.update_session(c.sid, c.fields, c.ttl_s)
+        if c.snapshot is not None:
+            await self.put_snapshot(c.sid, c.snapshot, c.ttl_s, c.upto)
+        await self.deliver(c.sid, c.answers)
+        return True
 
     async def heartbeat(self, wid: str, info: dict[str, Any], ttl_s: float) -> None:
         self.workers[wid] = (time.monotonic() + ttl_s, dict(info))
@@ -403,6 +580,9 @@ class MemoryBackend(Store, Broker):
     async def live_workers(self) -> list[dict[str, Any]]:
         now = time.monotonic()
         return [info for until, info in self.workers.values() if until > now]
+
+    async def worker_alive(self, wid: str) -> bool:
+        return self.workers.get(wid, (0.0, {}))[0] > time.monotonic()
 
     async def remove_worker(self, wid: str) -> None:
         self.workers.pop(wid, None)
@@ -420,10 +600,22 @@ class MemoryBackend(Store, Broker):
         return list(self.jobs)
 
     async def send_work(self, wid: str, header: bytes, body: bytes) -> None:
-        await self.work[wid].add(header, body)
+        await self.work[wid].add(h=header, b=body)
 
     async def read_work(self, wid: str, last_id: str, block_s: float) -> list[Msg]:
-        return await self.work[wid].read(last_id, block_s)
+        return [(eid, f["h"], f["b"]) for eid, f in await self.work[wid].read(last_id, block_s)]
+
+    def _inputs(self, wid: str, work_after: str, frames_after: dict[str, str]) -> list[Input]:
+        got = [Input("", eid, f["h"], f["b"]) for eid, f in self.work[wid].after(work_after)]
+        for sid, after in frames_after.items():
+            if sid in self.frames:
+                got += [Input(sid, eid, f["h"], f["b"]) for eid, f in self.frames[sid].after(after)]
+        return sorted(got, key=lambda m: id_order(m.eid))
+
+    async def read_inputs(self, wid: str, work_after: str, frames_after: dict[str, str],
+                          block_s: float) -> list[Input]:
+        await self.hub.wait(lambda: bool(self._inputs(wid, work_after, frames_after)), block_s)
+        return self._inputs(wid, work_after, frames_after)
 
     async def work_depth(self, wid: str) -> int:
         return len(self.work[wid].items)
@@ -432,22 +624,38 @@ class MemoryBackend(Store, Broker):
         self.work.pop(wid, None)
 
     async def trim_work(self, wid: str, upto_id: str) -> None:
-        upto = int(upto_id.split("-")[0])
+        upto = id_order(upto_id)[0]
         s = self.work[wid]
         s.items = [it for it in s.items if it[0] >= upto]
 
-    async def publish_result(self, sid: str, header: bytes, body: bytes) -> str:
-        return await self.results[sid].add(header, body)
+    async def submit_frame(self, sid: str, header: bytes, body: bytes, ttl_s: float) -> int | None:
+        if not self._alive(sid):
+            return None
+        seq = await self.next_seq(sid)
+        await self.frames[sid].add(h=splice(header, {"seq": seq}), b=body)
+        return seq
 
-    async def read_results(self, sid: str, last_id: str, block_s: float) -> list[Msg]:
-        return await self.results[sid].read(last_id, block_s)
+    async def read_frames(self, sid: str, after_id: str) -> list[Msg]:
+        if sid not in self.frames:
+            return []
+        return [(eid, f["h"], f["b"]) for eid, f in self.frames[sid].after(after_id or "0")]
 
-    async def last_result(self, sid: str) -> Msg | None:
+    async def deliver(self, sid: str, answers: list[Answer]) -> None:
+        for a in answers:
+            if a.req:
+                await self.replies[a.req].put((a.body, b""))
+            else:
+                await self.results[sid].add(h=a.body, s=a.seq, t=a.kind)
+
+    async def read_results(self, sid: str, last_id: str, block_s: float) -> list[Result]:
+        return [Result(eid, f["h"], f["s"], f["t"]) for eid, f in await self.results[sid].read(last_id, block_s)]
+
+    async def last_result(self, sid: str) -> Result | None:
         items = self.results[sid].items if sid in self.results else []
         if not items:
             return None
-        e, h, b = items[-1]
-        return f"{e}-0", h, b
+        e, f = items[-1]
+        return Result(f"{e}-0", f["h"], f["s"], f["t"])
 
     async def drop_results(self, sid: str) -> None:
         self.results.pop(sid, None)
@@ -480,6 +688,6 @@ class MemoryBackend(Store, Broker):
         return None
 
 
-def make_backend(redis_url: str, prefix: str = "lwl") -> RedisBackend | MemoryBackend:
+def make_backend(redis_url: str, prefix: str = "lwl", name: str = "") -> RedisBackend | MemoryBackend:
     """Redis when a URL is set, else the in-process implementation."""
-    return RedisBackend(redis_url, prefix) if redis_url else MemoryBackend()
+    return RedisBackend(redis_url, prefix, name) if redis_url else MemoryBackend()

@@ -63,7 +63,7 @@ def cmd_api(args: argparse.Namespace) -> int:
     from service.api import create_app
     from service.backends import RedisBackend
 
-    _uvicorn(create_app(s, RedisBackend(s.redis_url, s.key_prefix)), s)
+    _uvicorn(create_app(s, RedisBackend(s.redis_url, s.key_prefix, name="lwl-api")), s)
     return 0
 
 
@@ -81,7 +81,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
         return 2
 
     async def main() -> None:
-        w = Worker(s, RedisBackend(s.redis_url, s.key_prefix), model=model)
+        w = Worker(s, RedisBackend(s.redis_url, s.key_prefix, name=f"lwl-worker-{s.resolved_worker_id}"),
+                   model=model)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, lambda: asyncio.ensure_future(w.drain()))
@@ -108,7 +109,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     model = _load_model(s, "serve")
     if model is None:
         return 2
-    backend = make_backend(s.redis_url, s.key_prefix)
+    backend = make_backend(s.redis_url, s.key_prefix, name="lwl-serve")
     worker = Worker(s, backend, model=model, worker_id=s.worker_id or "embedded")
     _uvicorn(create_app(s, backend, worker), s)
     return 0

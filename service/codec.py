@@ -35,6 +35,19 @@ def unpack(header: bytes | str, body: bytes) -> tuple[dict[str, Any], list[bytes
     return h, blobs
 
 
+def splice(obj: bytes, fields: dict[str, Any]) -> bytes:
+    """Add fields to the text of a JSON object without parsing it: the api adds a client's `id` and
+    `latency_ms` to the result the worker wrote, and the store adds a frame's `seq` to its header."""
+    if not fields:
+        return obj
+    body = obj.rstrip()
+    if not body.endswith(b"}"):
+        raise ValueError("not the text of a JSON object")
+    extra = json.dumps(fields, separators=(",", ":")).encode()[1:]
+    empty = body[:-1].rstrip().endswith(b"{")
+    return body[:-1] + (b"" if empty else b",") + extra
+
+
 def frame_bytes(header: dict[str, Any], *blobs: bytes) -> bytes:
     """One self-contained record (used for the replay log): 4-byte header length, header, body."""
     h, body = pack(header, *blobs)

@@ -1,9 +1,15 @@
 """The worker: owns one device, holds per-session trackers, consumes its work stream, runs video jobs.
 
-Recovery: after every control op, and every LWL_SNAPSHOT_EVERY frames, the tracker state
-(`export_state()`) goes to the store; frames after the snapshot go to a replay log. A worker that
-receives work for a session it does not hold (the api reassigned it after the owner died) restores
-the snapshot, replays the log, publishes results the client has not seen, and carries on.
+Frames do not pass through the work stream: the api appends each one to its session's frames stream
+(`P:frames:<sid>`), and the worker reads its work stream and the frames streams of the sessions it
+holds in one blocking read. A frame costs the worker that read (shared by whatever arrived at once)
+and one write, a script that publishes the result, touches the session and, every
+LWL_SNAPSHOT_EVERY frames, stores the tracker state and trims the frames it covers.
+
+Recovery: the frames stream after the last snapshot is the replay log. A worker that is handed a
+session it does not hold (`adopt`, or any op for it) restores the snapshot, steps the frames after
+it, publishes the results the client has not seen, and carries on reading the stream. Every write
+checks that the session still names this worker, so a worker that lost a session stops touching it.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ import numpy as np
 
 from model.errors import InputError
 from service import obs
-from service.backends import MemoryBackend, RedisBackend
+from service.backends import Answer, Commit, Input, MemoryBackend, RedisBackend, id_order
 from service.codec import b64, binary_png, frame_bytes, pack, parse_frame_bytes, rle_encode, unpack
 from service.settings import Settings, parse_crop
 
@@ -49,12 +55,45 @@ class HeldSession:
     recent: list[int] = field(default_factory=list)  # seqs applied lately: resent frames are skipped
     frames_since_snapshot: int = 0
     last_active: float = field(default_factory=time.monotonic)
+    frame_id: str = "0"  # id of the last entry of the session's frames stream handled here
 
-    def applied(self, seq: int) -> None:
-        """Remember a frame as applied (bounded memory)."""
+    def applied(self, seq: int, frame_id: str) -> None:
+        """Remember a frame as applied (bounded memory) and where the frames stream continues."""
         self.last_seq = max(self.last_seq, seq)
         self.recent.append(seq)
         del self.recent[:-256]
+        self.frame_id = frame_id
+        self.frames_since_snapshot += 1
+
+    def snapshot(self) -> bytes:
+        """The tracker state with what a restoring worker needs to skip and replay the right frames."""
+        head = {"seq": self.last_seq, "recent": self.recent, "frame_id": self.frame_id}
+        return frame_bytes(head, self.tracker.export_state())
+
+
+Done = tuple[dict[str, Any] | None, Commit | None]  # an op's message to answer, and the session writes with it
+
+
+def _timed_model(call: Any) -> tuple[Any, float]:
+    """Run one model call; its result and milliseconds (also observed as the `model` stage)."""
+    t = time.perf_counter()
+    res = call()
+    dt = time.perf_counter() - t
+    obs.LATENCY.labels("model").observe(dt)
+    return res, dt * 1000
+
+
+def _error_message(e: Exception, sid: str, op: str) -> dict[str, Any]:
+    """An op's or frame's failure as the error message a client gets (and the metric it counts in)."""
+    if isinstance(e, OpError):
+        out = {"type": "error", "status": e.status, "code": e.code, "detail": e.detail}
+    elif isinstance(e, InputError):
+        out = {"type": "error", "status": 400, "code": "bad_input", "detail": str(e)}
+    else:
+        log.error("op failed", exc_info=e, extra={"session_id": sid, "op": op})
+        out = {"type": "error", "status": 500, "code": "internal", "detail": repr(e)}
+    obs.ERRORS.labels(out["code"]).inc()
+    return out
 
 
 def encode_result(res: Any, fmt: str, compute_ms: float) -> dict[str, Any]:
@@ -95,9 +134,11 @@ class Worker:
         self.compute = ThreadPoolExecutor(1, thread_name_prefix="lwl-compute")
         self.job_pool = ThreadPoolExecutor(1, thread_name_prefix="lwl-job")
         self.draining = False
+        self.stopping = False
         self.stopped = asyncio.Event()
         self.running_jobs = 0
         self.tasks: list[asyncio.Task] = []
+        self.work_task: asyncio.Task | None = None
         self.last_id = "0"
         self.started = time.time()
         self.device = "cpu"
@@ -110,7 +151,9 @@ class Worker:
         self.device = str(getattr(self.model, "device", "cpu"))
         await self.b.drop_work(self.id)
         await self._heartbeat_once()
-        for coro in (self._work_loop(), self._heartbeat_loop(), self._evict_loop(), self._job_loop()):
+        self.work_task = asyncio.create_task(self._work_loop())
+        self.tasks.append(self.work_task)
+        for coro in (self._heartbeat_loop(), self._evict_loop(), self._job_loop()):
             self.tasks.append(asyncio.create_task(coro))
         log.info("worker started", extra={"worker_id": self.id, "device": self.device,
                                           "model": self.model.name})
@@ -137,7 +180,11 @@ class Worker:
         await self.stop()
 
     async def stop(self) -> None:
-        """Snapshot held sessions (so another worker can resume them) and stop."""
+        """Finish the op at hand, snapshot held sessions (so another worker can resume them) and stop."""
+        self.stopping = True
+        if self.work_task is not None:  # the work loop ends after its current op: no frame half recorded
+            with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError, Exception):
+                await asyncio.wait_for(asyncio.shield(self.work_task), 10)
         for t in self.tasks:
             t.cancel()
         for t in self.tasks:
@@ -173,7 +220,6 @@ class Worker:
         await self.b.heartbeat(self.id, info, ttl_s=3 * self.s.heartbeat_s)
         obs.ACTIVE_SESSIONS.set(info["sessions"])
         obs.DEVICE_MEMORY.set(info["memory_bytes"])
-        obs.QUEUE_DEPTH.set(await self.b.work_depth(self.id))
 
     async def _heartbeat_loop(self) -> None:
         while True:
@@ -202,9 +248,9 @@ class Worker:
 
     # ------------------------------------------------------------------ work loop
     async def _work_loop(self) -> None:
-        while True:
+        while not self.stopping:
             try:
-                msgs = await self.b.read_work(self.id, self.last_id, 1.0)
+                batch = await self._receive()
             except asyncio.CancelledError:
                 raise
             except Exception:  # noqa: BLE001
@@ -212,38 +258,135 @@ class Worker:
                 log.exception("reading work failed", extra={"worker_id": self.id})
                 await asyncio.sleep(0.5)
                 continue
-            for eid, hraw, body in msgs:
-                self.last_id = eid
-                h, blobs = unpack(hraw, body)
-                await self._handle(h, blobs)
-            if msgs:
-                await self.b.trim_work(self.id, self.last_id)
+            await self._handle_batch(batch)
 
-    async def _handle(self, h: dict[str, Any], blobs: list[bytes]) -> None:
-        op, sid, req = h.get("op"), h.get("sid", ""), h.get("req")
-        out: dict[str, Any] | None
-        try:
-            out = await getattr(self, f"_op_{op}")(h, blobs)
-            status = 200
-        except OpError as e:
-            out, status = {"type": "error", "status": e.status, "code": e.code, "detail": e.detail}, e.status
-        except InputError as e:
-            out, status = {"type": "error", "status": 400, "code": "bad_input", "detail": str(e)}, 400
-        except Exception as e:  # noqa: BLE001 - one bad op must not kill the worker
-            log.exception("op failed", extra={"session_id": sid, "op": op, "worker_id": self.id})
-            out, status = {"type": "error", "status": 500, "code": "internal", "detail": repr(e)}, 500
-        if status != 200:
-            obs.ERRORS.labels(out["code"]).inc()
-        if out is None:
+    async def _receive(self) -> list[Input]:
+        """Ops on this worker's work stream and frames of the sessions it holds: one blocking read."""
+        frames_after = {sid: hs.frame_id for sid, hs in self.sessions.items()}
+        return await self.b.read_inputs(self.id, self.last_id, frames_after, 1.0)
+
+    async def _handle_batch(self, batch: list[Input]) -> None:
+        """Everything one read returned, in arrival order (the place to group frames for batching)."""
+        ops = 0
+        for i, m in enumerate(batch):
+            if self.stopping:
+                break
+            obs.QUEUE_DEPTH.set(len(batch) - i)
+            if not m.sid:
+                self.last_id = m.eid
+                ops += 1
+                await self._handle(*unpack(m.header, m.body))
+                continue
+            hs = self.sessions.get(m.sid)
+            if hs is not None and id_order(m.eid) > id_order(hs.frame_id):
+                await self._frame(m.sid, hs, m.eid, *unpack(m.header, m.body))
+        obs.QUEUE_DEPTH.set(0)
+        if ops:
+            await self.b.trim_work(self.id, self.last_id)
+
+    # ------------------------------------------------------------------ one frame
+    async def _frame(self, sid: str, hs: HeldSession, eid: str, h: dict[str, Any], blobs: list[bytes]) -> None:
+        """One frame of a held session: decode -> model step -> encode (compute thread) -> publish."""
+        seq, req = int(h["seq"]), h.get("req", "")
+        hs.last_active = time.monotonic()
+        if seq in hs.recent:  # already applied; its answer went out then
+            hs.frame_id = eid
             return
+        out, snap = await self._run(self._compute_frame, hs, eid, seq, blobs[0], h.get("fmt", "png"), True)
+        await self._publish_frame(sid, hs, self._answer(out, sid, seq, req), snap)
+
+    def _compute_frame(self, hs: HeldSession, eid: str, seq: int, image: bytes, fmt: str,
+                       may_snapshot: bool) -> tuple[dict[str, Any], bytes | None]:
+        """Compute thread: the frame's result message (or error message), and a snapshot when one is due.
+        The frame counts as applied either way, so a replay after failover does the same."""
+        try:
+            frame = self._decode(image)
+            res, ms = self._model_step(hs.tracker, frame)
+            out = self._encode(res, fmt, ms)
+            obs.FRAMES.inc()
+        except Exception as e:  # noqa: BLE001 - one bad frame must not end the session
+            out = _error_message(e, sid="", op="frame")
+        hs.applied(seq, eid)
+        due = may_snapshot and hs.frames_since_snapshot >= self.s.snapshot_every
+        return out, self._take_snapshot(hs) if due else None
+
+    def _decode(self, image: bytes) -> np.ndarray:
+        """The only full decode of a frame (the api reads its header only)."""
+        from model.media import read_image
+
+        t = time.perf_counter()
+        try:
+            frame = read_image(image)
+        except InputError as e:
+            raise OpError(400, "bad_image", str(e)) from None
+        if frame.shape[0] * frame.shape[1] > self.s.max_frame_pixels:
+            raise OpError(413, "frame_too_large", f"frame has {frame.shape[1]}x{frame.shape[0]} pixels, "
+                          f"more than LWL_MAX_FRAME_PIXELS={self.s.max_frame_pixels}")
+        obs.LATENCY.labels("decode").observe(time.perf_counter() - t)
+        return frame
+
+    @staticmethod
+    def _model_step(tracker: Any, frame: np.ndarray) -> tuple[Any, float]:
+        """tracker.step, timed: the FrameResult and its milliseconds."""
+        return _timed_model(lambda: tracker.step(frame))
+
+    @staticmethod
+    def _encode(res: Any, fmt: str, model_ms: float) -> dict[str, Any]:
+        t = time.perf_counter()
+        out = encode_result(res, fmt, model_ms)
+        obs.LATENCY.labels("encode").observe(time.perf_counter() - t)
+        return out
+
+    def _take_snapshot(self, hs: HeldSession) -> bytes:
+        hs.frames_since_snapshot = 0
+        return hs.snapshot()
+
+    def _answer(self, out: dict[str, Any], sid: str, seq: int | None, req: str | None) -> Answer:
+        """The message's final JSON text, written once: the api relays these bytes."""
         out.setdefault("session_id", sid)
         out["worker_id"] = self.id
-        if "seq" in h:
-            out["seq"] = h["seq"]
-        if req:
-            await self.b.reply(req, json.dumps(out).encode(), b"")
-        elif sid:
-            await self.b.publish_result(sid, json.dumps(out).encode(), b"")
+        if seq:
+            out["seq"] = seq
+        body = json.dumps(out, separators=(",", ":")).encode()
+        return Answer(body, str(out.get("type", "")), int(seq or 0), req or "")
+
+    async def _publish_frame(self, sid: str, hs: HeldSession, answer: Answer, snap: bytes | None) -> None:
+        """The frame's one write: result (or reply), session touch, snapshot when due."""
+        if not await self.b.commit(self._commit(sid, hs, [answer], snap)):
+            self._lost(sid)
+
+    def _commit(self, sid: str, hs: HeldSession, answers: list[Answer], snap: bytes | None = None,
+                **extra: str) -> Commit:
+        fields = {"last_active": f"{time.time():.3f}", "frames": str(hs.tracker.frame_index + 1),
+                  "objects": json.dumps(hs.tracker.object_ids), "last_seq": str(hs.last_seq), **extra}
+        return Commit(sid, self.id, self.s.session_ttl_s, fields, answers, snap,
+                      hs.frame_id if snap is not None and hs.frame_id != "0" else "")
+
+    def _lost(self, sid: str) -> None:
+        """The session expired or another worker owns it now: forget the tracker, touch nothing."""
+        if self.sessions.pop(sid, None) is not None:
+            log.info("session lost", extra={"session_id": sid, "worker_id": self.id})
+
+    # ------------------------------------------------------------------ ops on the work stream
+    async def _handle(self, h: dict[str, Any], blobs: list[bytes]) -> None:
+        op, sid, req = h.get("op"), h.get("sid", ""), h.get("req")
+        commit: Commit | None = None
+        try:
+            out, commit = await getattr(self, f"_op_{op}")(h, blobs)
+        except Exception as e:  # noqa: BLE001 - one bad op must not kill the worker
+            out = _error_message(e, sid, str(op))
+        if out is None:
+            return
+        answer = self._answer(out, sid, h.get("seq"), req)
+        if commit is None:
+            await self.b.deliver(sid, [answer])
+            return
+        commit.answers.append(answer)
+        if not await self.b.commit(commit):  # the answer went nowhere: say why instead
+            self._lost(sid)
+            err = {"type": "error", "status": 503, "code": "worker_lost",
+                   "detail": f"session {sid} moved to another worker or expired; retry"}
+            await self.b.deliver(sid, [self._answer(err, sid, h.get("seq"), req)])
 
     async def _run(self, fn: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self.compute, fn, *args)
@@ -258,71 +401,39 @@ class Worker:
         snap = await self.b.get_snapshot(sid)
         if meta is None or snap is None:
             raise OpError(404, "unknown_session", f"unknown session {sid} (deleted or expired)")
-        hs = await self._restore(sid, snap)
-        return hs
+        return await self._restore(sid, snap)
 
     async def _restore(self, sid: str, snap: bytes) -> HeldSession:
+        """Snapshot, then the frames after it (the replay log); results the client has not seen go out."""
         sh, sblobs = parse_frame_bytes(snap)
         tracker = await self._run(self.model.restore_tracker, sblobs[0])
-        hs = HeldSession(tracker=tracker, last_seq=int(sh["seq"]), recent=list(sh.get("recent", [])))
+        hs = HeldSession(tracker=tracker, last_seq=int(sh["seq"]), recent=list(sh.get("recent", [])),
+                         frame_id=sh.get("frame_id", "0"))
         last = await self.b.last_result(sid)
-        published = json.loads(last[1]).get("seq", 0) if last else 0
-        replayed = 0
-        for rec in await self.b.get_replay(sid):
-            rh, rblobs = parse_frame_bytes(rec)  # the log holds only frames after the snapshot
-            seq = int(rh["seq"])
-            result = await self._run(self._step, hs, rblobs[0], rh.get("fmt", "png"))
-            hs.applied(seq)
-            hs.frames_since_snapshot += 1
+        published = last.seq if last else 0
+        answers, replayed = [], 0
+        for eid, hraw, body in await self.b.read_frames(sid, hs.frame_id):
+            h, blobs = unpack(hraw, body)
+            seq = int(h["seq"])
+            if seq in hs.recent:
+                hs.frame_id = eid
+                continue
+            out, _ = await self._run(self._compute_frame, hs, eid, seq, blobs[0], h.get("fmt", "png"), False)
             replayed += 1
-            if seq > published:
-                result.update(session_id=sid, worker_id=self.id, seq=seq)
-                await self.b.publish_result(sid, json.dumps(result).encode(), b"")
+            if seq > published or h.get("req"):
+                answers.append(self._answer(out, sid, seq, h.get("req")))
         self.sessions[sid] = hs
-        await self.b.update_session(sid, {"worker": self.id, "state": "active"}, self.s.session_ttl_s)
+        if not await self.b.commit(self._commit(sid, hs, answers, state="active")):
+            self._lost(sid)
+            raise OpError(503, "worker_lost", f"session {sid} moved to another worker or expired; retry")
         log.info("session restored", extra={"session_id": sid, "worker_id": self.id, "replayed": replayed})
         await self._heartbeat_once()
         return hs
 
     async def _snapshot(self, sid: str) -> None:
         hs = self.sessions[sid]
-        blob = await self._run(hs.tracker.export_state)
-        await self.b.put_snapshot(sid, frame_bytes({"seq": hs.last_seq, "recent": hs.recent}, blob),
-                                  self.s.session_ttl_s)
-        hs.frames_since_snapshot = 0
-
-    async def _touch(self, sid: str, hs: HeldSession, **extra: str) -> None:
-        fields = {"last_active": f"{time.time():.3f}", "frames": str(hs.tracker.frame_index + 1),
-                  "objects": json.dumps(hs.tracker.object_ids), "last_seq": str(hs.last_seq), **extra}
-        await self.b.update_session(sid, fields, self.s.session_ttl_s)
-
-    # ------------------------------------------------------------------ compute (runs in the compute thread)
-    def _decode(self, image: bytes) -> np.ndarray:
-        from model.media import read_image
-
-        t = time.perf_counter()
-        frame = read_image(image)
-        if frame.shape[0] * frame.shape[1] > self.s.max_frame_pixels:
-            raise OpError(413, "frame_too_large", f"frame has {frame.shape[1]}x{frame.shape[0]} pixels, "
-                          f"more than LWL_MAX_FRAME_PIXELS={self.s.max_frame_pixels}")
-        obs.LATENCY.labels("decode").observe(time.perf_counter() - t)
-        return frame
-
-    def _finish(self, call: Any, fmt: str) -> dict[str, Any]:
-        t = time.perf_counter()
-        res = call()
-        t_model = time.perf_counter() - t
-        obs.LATENCY.labels("model").observe(t_model)
-        t = time.perf_counter()
-        out = encode_result(res, fmt, t_model * 1000)
-        obs.LATENCY.labels("encode").observe(time.perf_counter() - t)
-        return out
-
-    def _step(self, hs: HeldSession, image: bytes, fmt: str) -> dict[str, Any]:
-        frame = self._decode(image)
-        out = self._finish(lambda: hs.tracker.step(frame), fmt)
-        obs.FRAMES.inc()
-        return out
+        snap = await self._run(self._take_snapshot, hs)
+        await self.b.commit(self._commit(sid, hs, [], snap))
 
     @staticmethod
     def _objects_args(h: dict[str, Any], blobs: list[bytes]) -> tuple[np.ndarray | None, dict | None]:
@@ -333,7 +444,7 @@ class Worker:
         return mask, boxes
 
     # ------------------------------------------------------------------ ops
-    async def _op_create(self, h: dict[str, Any], blobs: list[bytes]) -> dict[str, Any]:
+    async def _op_create(self, h: dict[str, Any], blobs: list[bytes]) -> Done:
         sid = h["sid"]
         if self.draining or len(self.sessions) >= self.s.max_sessions_per_worker:
             raise OpError(503, "worker_full", f"worker {self.id} has no free session slot")
@@ -343,70 +454,70 @@ class Worker:
         crop = parse_crop(h.get("crop_size")) or self.s.crop_tuple()
         fmt = h.get("fmt", "png")
 
-        def create() -> tuple[Any, dict[str, Any]]:
+        def create() -> tuple[HeldSession, dict[str, Any], bytes]:
             frame = self._decode(blobs[0])
             mask, boxes = self._objects_args(h, blobs)
             tracker = self.model.new_tracker(crop_size=crop)
-            out = self._finish(lambda: tracker.step(frame, mask=mask, boxes=boxes), fmt)
+            res, ms = _timed_model(lambda: tracker.step(frame, mask=mask, boxes=boxes))
             obs.FRAMES.inc()
-            return tracker, out
+            hs = HeldSession(tracker=tracker, last_seq=0)
+            return hs, self._encode(res, fmt, ms), self._take_snapshot(hs)
 
-        tracker, out = await self._run(create)
-        hs = HeldSession(tracker=tracker, last_seq=0)
+        hs, out, snap = await self._run(create)
         self.sessions[sid] = hs
-        await self._snapshot(sid)
-        await self._touch(sid, hs, worker=self.id, state="active")
         log.info("session created", extra={"session_id": sid, "worker_id": self.id})
         await self._heartbeat_once()
-        return out
+        return out, self._commit(sid, hs, [], snap, worker=self.id, state="active")
 
-    async def _op_frame(self, h: dict[str, Any], blobs: list[bytes]) -> dict[str, Any] | None:
-        sid, seq, fmt = h["sid"], int(h["seq"]), h.get("fmt", "png")
-        hs = await self._held(sid)
-        if seq in hs.recent:
-            return None  # already applied (resent after a failover); its result was published
-        out = await self._run(self._step, hs, blobs[0], fmt)
-        hs.applied(seq)
-        hs.frames_since_snapshot += 1
-        await self.b.append_replay(sid, frame_bytes({"seq": seq, "fmt": fmt}, blobs[0]), self.s.session_ttl_s)
-        if hs.frames_since_snapshot >= self.s.snapshot_every:
-            await self._snapshot(sid)
-        await self._touch(sid, hs)
-        return out
-
-    async def _control(self, h: dict[str, Any], call: Any) -> dict[str, Any]:
+    async def _control(self, h: dict[str, Any], call: Any) -> Done:
+        """add/correct/remove: the call on the tracker, then a snapshot (the replay log holds frames only)."""
         sid = h["sid"]
         hs = await self._held(sid)
-        out = await self._run(self._finish, lambda: call(hs.tracker), h.get("fmt", "png"))
-        await self._snapshot(sid)
-        await self._touch(sid, hs)
-        return out
 
-    async def _op_add(self, h: dict[str, Any], blobs: list[bytes]) -> dict[str, Any]:
+        def run() -> tuple[Any, bytes]:
+            return call(hs.tracker), self._take_snapshot(hs)
+
+        out, snap = await self._run(run)
+        return out, self._commit(sid, hs, [], snap)
+
+    def _result_of(self, call: Any, fmt: str) -> dict[str, Any]:
+        """A timed model call on a tracker, encoded as a result message."""
+        res, ms = _timed_model(call)
+        return self._encode(res, fmt, ms)
+
+    async def _op_add(self, h: dict[str, Any], blobs: list[bytes]) -> Done:
         mask, boxes = self._objects_args(h, [b""] + blobs)
-        return await self._control(h, lambda tr: tr.add_objects(mask=mask, boxes=boxes))
+        fmt = h.get("fmt", "png")
+        return await self._control(h, lambda tr: self._result_of(lambda: tr.add_objects(mask=mask, boxes=boxes),
+                                                                 fmt))
 
-    async def _op_correct(self, h: dict[str, Any], blobs: list[bytes]) -> dict[str, Any]:
+    async def _op_correct(self, h: dict[str, Any], blobs: list[bytes]) -> Done:
         from model.media import read_label_png
 
         mask = read_label_png(blobs[0])
-        return await self._control(h, lambda tr: tr.correct(mask))
+        fmt = h.get("fmt", "png")
+        return await self._control(h, lambda tr: self._result_of(lambda: tr.correct(mask), fmt))
 
-    async def _op_remove(self, h: dict[str, Any], blobs: list[bytes]) -> dict[str, Any]:
+    async def _op_remove(self, h: dict[str, Any], blobs: list[bytes]) -> Done:
         oid = int(h["object_id"])
-        sid = h["sid"]
-        hs = await self._held(sid)
-        await self._run(hs.tracker.remove_object, oid)
-        await self._snapshot(sid)
-        await self._touch(sid, hs)
-        return {"type": "removed", "object_id": oid, "objects": hs.tracker.object_ids}
 
-    async def _op_delete(self, h: dict[str, Any], blobs: list[bytes]) -> dict[str, Any]:
+        def remove(tr: Any) -> dict[str, Any]:
+            tr.remove_object(oid)
+            return {"type": "removed", "object_id": oid, "objects": tr.object_ids}
+
+        return await self._control(h, remove)
+
+    async def _op_delete(self, h: dict[str, Any], blobs: list[bytes]) -> Done:
         await self._forget(h["sid"], reason="deleted")
-        return {"type": "deleted"}
+        return {"type": "deleted"}, None
 
-    async def _op_ping(self, h: dict[str, Any], blobs: list[bytes]) -> dict[str, Any]:
-        return {"type": "pong"}
+    async def _op_adopt(self, h: dict[str, Any], blobs: list[bytes]) -> Done:
+        """The api moved a session here (its worker died): restore it now, then read its frames."""
+        await self._held(h["sid"])
+        return None, None
+
+    async def _op_ping(self, h: dict[str, Any], blobs: list[bytes]) -> Done:
+        return {"type": "pong"}, None
 
     # ------------------------------------------------------------------ video jobs
     async def _job_loop(self) -> None:

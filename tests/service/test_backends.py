@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 
 import pytest
 
-from service.backends import MemoryBackend, RedisBackend
+from service.backends import Answer, Commit, MemoryBackend, RedisBackend
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 
@@ -45,11 +46,15 @@ def test_sessions_workers_jobs(kind: str) -> None:
             assert not await b.update_session("nope", {"frames": "3"})
             assert await b.session_ids() == ["s1"]
             await b.put_snapshot("s1", b"snap", 30)
-            await b.append_replay("s1", b"r1", 30)
-            await b.append_replay("s1", b"r2", 30)
-            assert await b.get_replay("s1") == [b"r1", b"r2"]
-            await b.put_snapshot("s1", b"snap2", 30)  # a new snapshot empties the replay log
-            assert await b.get_snapshot("s1") == b"snap2" and await b.get_replay("s1") == []
+            assert await b.submit_frame("s1", b'{"op":"frame"}', b"img1", 30) == 3  # seq goes on from next_seq
+            assert await b.submit_frame("s1", b'{"op":"frame"}', b"img2", 30) == 4
+            assert await b.submit_frame("nope", b"{}", b"x", 30) is None
+            log = await b.read_frames("s1", "0")  # the replay log: every frame after the snapshot
+            assert [(json.loads(h)["seq"], body) for _, h, body in log] == [(3, b"img1"), (4, b"img2")]
+            assert [m[0] for m in await b.read_frames("s1", log[0][0])] == [log[1][0]]
+            await b.put_snapshot("s1", b"snap2", 30, upto=log[0][0])  # the snapshot covers frame 3
+            assert await b.get_snapshot("s1") == b"snap2"
+            assert [m[0] for m in await b.read_frames("s1", "0")] == [log[1][0]]
             await b.delete_session("s1")
             assert await b.get_session("s1") is None and await b.get_snapshot("s1") is None
 
@@ -85,13 +90,13 @@ def test_streams_keep_order_and_block(kind: str) -> None:
 
             async def later() -> None:
                 await asyncio.sleep(0.2)
-                await b.publish_result("s1", b'{"seq": 1}', b"")
+                await b.deliver("s1", [Answer(b'{"seq":1}', "result", 1)])
 
             task = asyncio.create_task(later())
             res = await b.read_results("s1", "0", 3.0)
             await task
-            assert res and res[0][1] == b'{"seq": 1}'
-            assert (await b.last_result("s1"))[1] == b'{"seq": 1}'
+            assert res and (res[0].body, res[0].seq, res[0].kind) == (b'{"seq":1}', 1, "result")
+            assert (await b.last_result("s1")).seq == 1
 
             async def answer() -> None:
                 await asyncio.sleep(0.1)
@@ -122,6 +127,46 @@ def test_job_of_dead_worker_is_taken_over() -> None:
             await b.ack_job(entry)
             await asyncio.sleep(0.1)
             assert await b.take_job("w-live", 0.1) is None
+        finally:
+            await _cleanup(b)
+
+    asyncio.run(run())
+
+
+@pytest.mark.parametrize("kind", _backends())
+def test_worker_reads_work_and_frames_and_commits_only_its_sessions(kind: str) -> None:
+    async def run() -> None:
+        b = await _make(kind)
+        try:
+            await b.put_session("s1", {"id": "s1", "worker": "w1", "seq_next": "0"}, ttl_s=30)
+            await b.send_work("w1", b'{"op":"ping"}', b"")
+            await b.submit_frame("s1", b'{"op":"frame"}', b"img", 30)
+            got = await b.read_inputs("w1", "0", {"s1": "0"}, 0.1)  # one read, arrival order
+            assert [(m.sid, m.body) for m in got] == [("", b""), ("s1", b"img")]
+            assert await b.read_inputs("w1", got[0].eid, {"s1": got[1].eid}, 0.1) == []
+
+            async def later() -> None:
+                await asyncio.sleep(0.2)
+                await b.submit_frame("s1", b'{"op":"frame"}', b"img2", 30)
+
+            task = asyncio.create_task(later())  # a blocked read wakes for a frame
+            got2 = await b.read_inputs("w1", got[0].eid, {"s1": got[1].eid}, 3.0)
+            await task
+            assert [m.body for m in got2] == [b"img2"]
+
+            c = Commit("s1", "w1", 30, {"frames": "2"}, [Answer(b'{"type":"result"}', "result", 1),
+                                                         Answer(b'{"type":"result"}', "result", 2, req="r9")],
+                       snapshot=b"snap", upto=got[1].eid)
+            assert await b.commit(c)
+            assert (await b.get_session("s1"))["frames"] == "2" and await b.get_snapshot("s1") == b"snap"
+            assert [m[2] for m in await b.read_frames("s1", "0")] == [b"img2"]  # the snapshot covers img
+            assert [r.seq for r in await b.read_results("s1", "0", 0.1)] == [1]
+            assert await b.wait_reply("r9", 1.0) == (b'{"type":"result"}', b"")
+            # the session moved to another worker: w1 writes nothing more
+            await b.update_session("s1", {"worker": "w2"})
+            assert not await b.commit(Commit("s1", "w1", 30, {"frames": "9"}, [Answer(b"{}", "result", 3)]))
+            assert (await b.get_session("s1"))["frames"] == "2"
+            assert [r.seq for r in await b.read_results("s1", "0", 0.1)] == [1]
         finally:
             await _cleanup(b)
 

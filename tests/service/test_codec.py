@@ -1,8 +1,11 @@
 """Wire helpers: COCO RLE must match pycocotools' text format; packing must round-trip binary blobs."""
 
-import numpy as np
+import json
 
-from service.codec import frame_bytes, pack, parse_frame_bytes, rle_decode, rle_encode, unpack
+import numpy as np
+import pytest
+
+from service.codec import frame_bytes, pack, parse_frame_bytes, rle_decode, rle_encode, splice, unpack
 
 
 def test_rle_known_value() -> None:
@@ -27,3 +30,14 @@ def test_pack_roundtrip() -> None:
     assert hd["op"] == "frame" and blobs == [b"\x00\xff" * 10, b"", b"abc"]
     hd, blobs = parse_frame_bytes(frame_bytes({"seq": 1}, b"xyz"))
     assert hd["seq"] == 1 and blobs == [b"xyz"]
+
+
+def test_splice_adds_fields_to_json_text() -> None:
+    body = json.dumps({"type": "result", "labels": "a}b", "objects": [{"id": 1}]}).encode()
+    out = json.loads(splice(body, {"id": {"k": [1, "x"]}, "latency_ms": 1.5}))
+    assert out == {"type": "result", "labels": "a}b", "objects": [{"id": 1}], "id": {"k": [1, "x"]},
+                   "latency_ms": 1.5}
+    assert json.loads(splice(b"{ }", {"seq": 3})) == {"seq": 3}
+    assert splice(body, {}) == body
+    with pytest.raises(ValueError):
+        splice(b"[1]", {"a": 1})
