@@ -523,7 +523,7 @@ def main(argv: list[str] | None = None) -> int:
 
     ip = results["in_process"]
     results["meta"] = {
-        "command": "python -m bench.service " + " ".join(sys.argv[1:] if argv is None else argv),
+        "command": " ".join(["python -m bench.service", *(sys.argv[1:] if argv is None else argv)]),
         "model": model_name, "weights": "bundled" if not weights else ("tiny" if args.tiny else weights),
         "crop": ip["crop"], "device": ip["device"], "threads": args.threads, "cores": available_cpus(),
         "torch": _torch_version(), "cpu": platform.processor() or platform.machine(),
