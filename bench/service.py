@@ -530,7 +530,7 @@ def main(argv: list[str] | None = None) -> int:
         "frame": f"{FRAME_HW[1]}x{FRAME_HW[0]}", "objects": 2, "frames_per_session": args.frames,
         "sessions": args.sessions, "ratio_sessions": args.ratio_sessions, "mode": "all",
         "max_inflight": "server default (LWL_MAX_INFLIGHT_FRAMES)", "load_average_before": round(load[0], 2),
-        "load_average_after": round(os.getloadavg()[0], 2), "redis_note": redis_note,
+        "load_average_after": round(os.getloadavg()[0], 2), "redis_note": redis_note, "git": _git_state(),
     }
     results = {"meta": results["meta"], **{k: results[k] for k in CONFIGS if k in results}}
     out.write_text(json.dumps(results, indent=1))
@@ -541,6 +541,18 @@ def main(argv: list[str] | None = None) -> int:
 
 def _terminate(signum: int, frame: Any) -> None:
     raise SystemExit(128 + signum)
+
+
+def _git_state() -> str:
+    """The commit measured, and whether the tree differed from it (figures of a dirty tree are suspect)."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                              timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "model", "service"],
+                               cwd=ROOT, capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return f"{head}{' + uncommitted changes in model/ or service/' if dirty else ''}" if head else "unknown"
 
 
 def _torch_version() -> str:
