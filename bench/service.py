@@ -480,7 +480,7 @@ def main(argv: list[str] | None = None) -> int:
         # the in-process run steps what the worker decodes, so both see the same pixels
         decoded = [np.asarray(Image.open(io.BytesIO(b)).convert("RGB")) for b in jpegs]
         first, png = jpegs[0], mask_png(mask)
-        load = os.getloadavg()
+        load, git_before = os.getloadavg(), _git_state()
         say(f"{len(args.sessions)} session counts {args.sessions}, {args.frames} frames each, device {device}, "
             f"{args.threads} threads, load average {load[0]:.2f}")
 
@@ -530,8 +530,11 @@ def main(argv: list[str] | None = None) -> int:
         "frame": f"{FRAME_HW[1]}x{FRAME_HW[0]}", "objects": 2, "frames_per_session": args.frames,
         "sessions": args.sessions, "ratio_sessions": args.ratio_sessions, "mode": "all",
         "max_inflight": "server default (LWL_MAX_INFLIGHT_FRAMES)", "load_average_before": round(load[0], 2),
-        "load_average_after": round(os.getloadavg()[0], 2), "redis_note": redis_note, "git": _git_state(),
+        "load_average_after": round(os.getloadavg()[0], 2), "redis_note": redis_note, "git": git_before,
     }
+    if _git_state() != git_before:
+        results["meta"]["git_after"] = _git_state()  # the code changed during the run: say so
+        say(f"warning: the checkout changed during the run ({git_before} -> {results['meta']['git_after']})")
     results = {"meta": results["meta"], **{k: results[k] for k in CONFIGS if k in results}}
     out.write_text(json.dumps(results, indent=1))
     plot(results, out.with_suffix(".png"))
