@@ -20,6 +20,8 @@ QUEUE_DEPTH = Gauge("lwl_queue_depth", "Work messages waiting (worker: its strea
 JOBS = Gauge("lwl_jobs", "Video jobs by state", ["state"])
 DEVICE_MEMORY = Gauge("lwl_device_memory_bytes", "Device memory in use (CUDA allocated, else process RSS)")
 ERRORS = Counter("lwl_errors_total", "Errors by kind", ["kind"])
+BATCH_SIZE = Histogram("lwl_batch_frames", "Frames of different sessions stepped together by a worker",
+                       buckets=(1, 2, 3, 4, 6, 8, 12, 16, 32))
 
 _STD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
 

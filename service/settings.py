@@ -40,6 +40,7 @@ class Settings(BaseSettings):
     request_timeout_s: float = Field(120, gt=0)
     snapshot_every: int = Field(8, ge=1)
     torch_threads: int = Field(0, ge=0)  # 0 = torch's choice, capped at the cores allowed
+    max_batch: int = Field(8, ge=1)  # frames of different sessions a worker steps together at most
     web_ui: bool = True  # the web page at / (service/web/)
     web_frame_ancestors: str = "self"  # CSP frame-ancestors of the page: who may embed it (self, none, origins)
 

@@ -266,23 +266,93 @@ class Worker:
         return await self.b.read_inputs(self.id, self.last_id, frames_after, 1.0)
 
     async def _handle_batch(self, batch: list[Input]) -> None:
-        """Everything one read returned, in arrival order (the place to group frames for batching)."""
+        """Everything one read returned, in arrival order. Frames of different sessions that arrive
+        together are stepped together (up to LWL_MAX_BATCH): nothing waits for a batch to fill, a
+        session's frames stay in order, and an op is handled only after the frames before it."""
         ops = 0
+        group: dict[str, tuple[HeldSession, str, dict[str, Any], list[bytes]]] = {}
         for i, m in enumerate(batch):
             if self.stopping:
                 break
             obs.QUEUE_DEPTH.set(len(batch) - i)
             if not m.sid:
+                await self._frames(group)
                 self.last_id = m.eid
                 ops += 1
                 await self._handle(*unpack(m.header, m.body))
                 continue
             hs = self.sessions.get(m.sid)
-            if hs is not None and id_order(m.eid) > id_order(hs.frame_id):
-                await self._frame(m.sid, hs, m.eid, *unpack(m.header, m.body))
+            if hs is None or id_order(m.eid) <= id_order(hs.frame_id):
+                continue
+            if m.sid in group or len(group) >= self.s.max_batch:
+                await self._frames(group)
+            group[m.sid] = (hs, m.eid, *unpack(m.header, m.body))
+        await self._frames(group)
         obs.QUEUE_DEPTH.set(0)
         if ops:
             await self.b.trim_work(self.id, self.last_id)
+
+    async def _frames(self, group: dict[str, tuple[HeldSession, str, dict[str, Any], list[bytes]]]) -> None:
+        """One frame each of several sessions: stepped together (model.tracker.step_many), published each."""
+        items = [(sid, hs, eid, h, blobs) for sid, (hs, eid, h, blobs) in group.items()]
+        group.clear()
+        if len(items) == 1:
+            return await self._frame(items[0][0], items[0][1], items[0][2], items[0][3], items[0][4])
+        todo = []
+        for sid, hs, eid, h, blobs in items:
+            hs.last_active = time.monotonic()
+            if int(h["seq"]) in hs.recent:  # already applied; its answer went out then
+                hs.frame_id = eid
+                continue
+            todo.append((sid, hs, eid, h, blobs))
+        if not todo:
+            return
+        outs = await self._run(self._compute_frames, [(hs, eid, int(h["seq"]), blobs[0], h.get("fmt", "png"))
+                                                      for _, hs, eid, h, blobs in todo])
+        for (sid, hs, _, h, _), (out, snap) in zip(todo, outs, strict=True):
+            await self._publish_frame(sid, hs, self._answer(out, sid, int(h["seq"]), h.get("req", "")), snap)
+
+    def _compute_frames(self, work: list[tuple[HeldSession, str, int, bytes, str]]
+                        ) -> list[tuple[dict[str, Any], bytes | None]]:
+        """Compute thread, several sessions: decode each, step the good ones together, encode each. A frame
+        that fails alone (a bad image, a wrong size) is answered with its error; the others go on."""
+        frames: dict[int, np.ndarray] = {}
+        outs: dict[int, dict[str, Any]] = {}
+        for k, (hs, _, _, image, _) in enumerate(work):
+            try:
+                frames[k] = self._decode(image)
+                hs.tracker._check_frame(frames[k])
+            except Exception as e:  # noqa: BLE001 - this frame only
+                frames.pop(k, None)
+                outs[k] = _error_message(e, sid="", op="frame")
+        from model.tracker import step_many
+
+        good = sorted(frames)
+        if good:
+            try:
+                results, ms = _timed_model(lambda: step_many([(work[k][0].tracker, frames[k]) for k in good],
+                                                             max_batch=self.s.max_batch))
+                obs.BATCH_SIZE.observe(len(good))
+                for k, res in zip(good, results, strict=True):
+                    outs[k] = self._encode(res, work[k][4], ms / len(good))
+                    obs.FRAMES.inc()
+            except Exception:  # noqa: BLE001 - step them one by one so one failure stays one failure
+                for k in good:
+                    outs[k] = self._step_one(work[k][0], frames[k], work[k][4])
+        done = []
+        for k, (hs, eid, seq, _, _) in enumerate(work):
+            hs.applied(seq, eid)
+            due = hs.frames_since_snapshot >= self.s.snapshot_every
+            done.append((outs[k], self._take_snapshot(hs) if due else None))
+        return done
+
+    def _step_one(self, hs: HeldSession, frame: np.ndarray, fmt: str) -> dict[str, Any]:
+        try:
+            res, ms = self._model_step(hs.tracker, frame)
+            obs.FRAMES.inc()
+            return self._encode(res, fmt, ms)
+        except Exception as e:  # noqa: BLE001
+            return _error_message(e, sid="", op="frame")
 
     # ------------------------------------------------------------------ one frame
     async def _frame(self, sid: str, hs: HeldSession, eid: str, h: dict[str, Any], blobs: list[bytes]) -> None:
