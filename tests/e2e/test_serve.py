@@ -162,7 +162,7 @@ def test_bad_input_gets_4xx_and_leaves_sessions_intact(serve, clip) -> None:  # 
     assert sorted(o["id"] for o in res["objects"]) == [1, 2, 3]
     assert good.info()["objects"] == [1, 2, 3]
     with pytest.raises(LWLError):
-        good.add_objects(boxes={4: (-5, 0, 10, 10)})
+        good.add_objects(boxes={4: (-50, 0, 10, 10)})  # no area inside the frame (past its edge is clipped)
     assert first_mask().shape == Image.open(io.BytesIO(base64.b64decode(res["labels"]))).size[::-1]
 
     # deleting a session closes its open stream with 4410
