@@ -471,6 +471,7 @@ async function applyEdits() {
     return false;
   }
   editor.reset(w, h, S.labels);
+  renderObjects();
   showMessage(`sent: ${corrected.length ? `correction of #${corrected.join(", #")}` : ""}`
     + `${corrected.length && (painted.length || boxed.length) ? "; " : ""}`
     + `${painted.length || boxed.length ? `new object #${[...painted, ...boxed].join(", #")}` : ""}`, "info");
