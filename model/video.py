@@ -59,12 +59,14 @@ class SegmentedFrame:
     labels: np.ndarray  # uint8 (H, W)
     objects: dict[int, ObjectInfo] = field(default_factory=dict)
 
-    def to_json(self) -> dict[str, Any]:
-        return {str(k): [list(o.box) if o.box is not None else None, o.score, o.area] for k, o in self.objects.items()}
 
-    @staticmethod
-    def objects_from_json(d: dict[str, Any]) -> dict[int, ObjectInfo]:
-        return {int(k): ObjectInfo(tuple(v[0]) if v[0] is not None else None, v[1], v[2]) for k, v in d.items()}
+def objects_to_json(objects: dict[int, ObjectInfo]) -> dict[str, Any]:
+    """Per-object summaries as JSON (the spool keeps them next to the masks on disk)."""
+    return {str(k): [list(o.box) if o.box is not None else None, o.score, o.area] for k, o in objects.items()}
+
+
+def objects_from_json(d: dict[str, Any]) -> dict[int, ObjectInfo]:
+    return {int(k): ObjectInfo(tuple(v[0]) if v[0] is not None else None, v[1], v[2]) for k, v in d.items()}
 
 
 def _summary(res: Any) -> dict[int, ObjectInfo]:
@@ -89,11 +91,11 @@ class _Spool:
 
     def put_result(self, i: int, labels: np.ndarray, objects: dict[int, ObjectInfo]) -> None:
         np.save(self.path / f"{i}.labels.npy", labels, allow_pickle=False)
-        (self.path / f"{i}.json").write_text(json.dumps(SegmentedFrame(i, "", labels, labels, objects).to_json()))
+        (self.path / f"{i}.json").write_text(json.dumps(objects_to_json(objects)))
 
     def result(self, i: int) -> SegmentedFrame:
         labels = np.load(self.path / f"{i}.labels.npy", allow_pickle=False)
-        objects = SegmentedFrame.objects_from_json(json.loads((self.path / f"{i}.json").read_text()))
+        objects = objects_from_json(json.loads((self.path / f"{i}.json").read_text()))
         return SegmentedFrame(i, self.names[i], self.image(i), labels, objects)
 
     def close(self) -> None:
