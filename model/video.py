@@ -35,9 +35,12 @@ class Annotation:
     mask: np.ndarray | None = None
     boxes: dict[int, Box] | None = None
 
+    def mask_ids(self) -> list[int]:
+        """Object ids painted in the mask (not 0, not 255)."""
+        return [int(v) for v in np.unique(self.mask) if v not in (0, 255)] if self.mask is not None else []
+
     def ids(self) -> list[int]:
-        got = [int(v) for v in np.unique(self.mask) if v not in (0, 255)] if self.mask is not None else []
-        return sorted(set(got) | set(self.boxes or {}))
+        return sorted(set(self.mask_ids()) | set(self.boxes or {}))
 
 
 @dataclass
@@ -124,7 +127,7 @@ def _forward_step(tracker: Any, frame: np.ndarray, ann: Annotation | None, corre
     known = set(tracker.object_ids)
     if not known:  # the first objects: the annotation as given
         return tracker.step(frame, mask=ann.mask, boxes=ann.boxes)
-    mask_ids = [int(v) for v in np.unique(ann.mask) if v not in (0, 255)] if ann.mask is not None else []
+    mask_ids = ann.mask_ids()
     new = [i for i in mask_ids if i not in known]
     new_mask = np.where(np.isin(ann.mask, new), ann.mask, 0).astype(np.uint8) if new else None
     new_boxes = {k: v for k, v in (ann.boxes or {}).items() if k not in known} or None

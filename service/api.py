@@ -30,6 +30,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from model.boxes import clip_box
 from model.errors import InputError
+from model.media import DAVIS_PALETTE  # numpy + Pillow only
 from service import __version__, obs
 from service.backends import MemoryBackend, RedisBackend, Result
 from service.codec import pack, splice
@@ -47,6 +48,7 @@ from service.settings import Settings, parse_crop
 from service.web import mount_web
 
 log = logging.getLogger("lwl.api")
+PALETTE = DAVIS_PALETTE.tolist()  # the colours of every label PNG, sent by GET /v1/info (computed once)
 
 ERRORS = {400: {"model": ErrorBody}, 401: {"model": ErrorBody}, 403: {"model": ErrorBody},
           404: {"model": ErrorBody}, 413: {"model": ErrorBody}, 503: {"model": ErrorBody}}
@@ -376,8 +378,6 @@ def create_app(settings: Settings, backend: RedisBackend | MemoryBackend, worker
     async def info() -> dict[str, Any]:
         """What a client needs before it starts: the models live workers serve (and whether boxes can
         start objects), this deployment's limits, and the palette of the label PNGs."""
-        from model.media import DAVIS_PALETTE  # numpy + Pillow only
-
         models: dict[str, dict[str, Any]] = {}
         for w in await backend.live_workers():
             m = models.setdefault(w.get("model", ""), {"name": w.get("model", ""), "workers": 0, "free": 0,
@@ -390,7 +390,7 @@ def create_app(settings: Settings, backend: RedisBackend | MemoryBackend, worker
                            "max_frame_pixels": settings.max_frame_pixels,
                            "max_inflight_frames": settings.max_inflight_frames,
                            "session_ttl_s": settings.session_ttl_s},
-                "palette": DAVIS_PALETTE.tolist()}
+                "palette": PALETTE}
 
     @app.get("/v1/workers", tags=["ops"])
     async def workers() -> list[dict[str, Any]]:

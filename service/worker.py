@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from model.errors import InputError
+from model.tracker import step_many
 from service import obs
 from service.backends import Answer, Commit, Input, MemoryBackend, RedisBackend, id_order
 from service.codec import b64, binary_png, frame_bytes, pack, parse_frame_bytes, rle_encode, unpack
@@ -325,8 +326,6 @@ class Worker:
             except Exception as e:  # noqa: BLE001 - this frame only
                 frames.pop(k, None)
                 outs[k] = _error_message(e, sid="", op="frame")
-        from model.tracker import step_many
-
         good = sorted(frames)
         if good:
             try:

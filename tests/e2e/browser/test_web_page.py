@@ -137,6 +137,14 @@ def serve_tiny(cluster_factory):  # noqa: ANN001, ANN201
     return c
 
 
+def open_images(browser, url: str, files: list[str]):  # noqa: ANN001, ANN201
+    """The page with image files as its source, showing the first one, ready to draw on."""
+    page, errors = open_page(browser, url)
+    page.set_input_files("#src-images", files)
+    wait(page, "window.lwl.phase === 'preview'", 30)
+    return page, errors
+
+
 def open_page(browser, url: str, camera: Path | None = None, width: int = 1280, height: int = 800):  # noqa: ANN001, ANN201
     b = browser(camera)
     page = b.new_page(viewport={"width": width, "height": height})
@@ -298,10 +306,7 @@ def test_video_file_every_frame_in_order_equal_to_lwl_segment(serve_tiny, browse
 
 def test_correction_added_and_removed_object_change_what_comes_back(serve_tiny, browser, tmp_path) -> None:  # noqa: ANN001
     clip = still_then_moving(2, 30, 120, 160)
-    files = write_images(tmp_path, clip)
-    page, errors = open_page(browser, serve_tiny.url + "/?record=1&max_inflight=1")
-    page.set_input_files("#src-images", files)
-    wait(page, "window.lwl.phase === 'preview'", 30)
+    page, errors = open_images(browser, serve_tiny.url + "/?record=1&max_inflight=1", write_images(tmp_path, clip))
     x, y, w, h = clip[0][1]
     drag(page, (x, y, w, h))
     page.click("#btn-start")
@@ -403,10 +408,7 @@ def test_a_stopped_worker_is_explained(cluster_factory, browser, tmp_path) -> No
     worker = c.start("worker")
     c.wait_ready(workers=1)
     clip = still_then_moving(3, 0, 120, 160)
-    files = write_images(tmp_path, clip)
-    page, errors = open_page(browser, c.url + "/")
-    page.set_input_files("#src-images", files)
-    wait(page, "window.lwl.phase === 'preview'", 30)
+    page, errors = open_images(browser, c.url + "/", write_images(tmp_path, clip))
     drag(page, clip[0][1])
     worker.stop()
     page.click("#btn-start")
@@ -426,10 +428,7 @@ def test_a_dropped_connection_offers_reconnect_then_restart(cluster_factory, bro
     serve = c.start("serve")
     c.wait_ready(workers=1)
     clip = still_then_moving(2, 40, 120, 160)
-    files = write_images(tmp_path, clip)
-    page, errors = open_page(browser, c.url + "/?record=1&max_inflight=1")
-    page.set_input_files("#src-images", files)
-    wait(page, "window.lwl.phase === 'preview'", 30)
+    page, errors = open_images(browser, c.url + "/?record=1&max_inflight=1", write_images(tmp_path, clip))
     page.keyboard.press("p")  # paint the square (the bundled model starts far better from a mask than a box)
     x, y, w, h = clip[0][1]
     paint(page, [(x + 6, y + 6), (x + w - 6, y + 8), (x + w - 6, y + h - 6), (x + 8, y + h - 6),
