@@ -13,6 +13,7 @@ import base64
 import io
 import json
 import os
+import time
 import zipfile
 from pathlib import Path
 from urllib.parse import quote
@@ -201,7 +202,12 @@ def test_camera_box_starts_a_session_and_masks_follow_the_object(cluster_factory
         wait(page, "window.lwl.phase === 'preview'", 30)
         drag(page, loose)
         page.click("#btn-start")
+    wait(page, "window.lwl.counts.answered >= 1", 240)
+    first = time.monotonic()
     wait(page, "window.lwl.counts.answered >= 14", 240)
+    # The camera loops the 8 s clip in real time: stream at least one whole loop, so the answers cover the
+    # moving half however fast the service answers (a fast run once answered 14 frames in the still half).
+    page.wait_for_timeout(max(0.0, 9.0 - (time.monotonic() - first)) * 1000)
     shot(page, f"camera-{how}")
     page.keyboard.press("Space")  # pause: the last answers arrive, nothing more is sent
     wait(page, "window.lwl.phase === 'paused'", 60)
