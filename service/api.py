@@ -12,6 +12,7 @@ import hmac
 import io
 import json
 import logging
+import math
 import secrets
 import shutil
 import time
@@ -21,18 +22,21 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
+import numpy as np
 from fastapi import FastAPI, File, Form, Header, Query, Request, UploadFile, WebSocket, WebSocketDisconnect
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, JSONResponse, Response
 from PIL import Image
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from model.boxes import clip_box
 from model.errors import InputError
 from model.media import DAVIS_PALETTE  # numpy + Pillow only
-from service import __version__, obs
-from service.backends import MemoryBackend, RedisBackend, Result
+from service import __version__, access, obs
+from service import jobs as jobfiles
+from service.backends import STORE_ERRORS, MemoryBackend, RedisBackend, Result
 from service.codec import pack, splice
 from service.docs import mount_docs
 from service.schemas import (
@@ -51,7 +55,8 @@ log = logging.getLogger("lwl.api")
 PALETTE = DAVIS_PALETTE.tolist()  # the colours of every label PNG, sent by GET /v1/info (computed once)
 
 ERRORS = {400: {"model": ErrorBody}, 401: {"model": ErrorBody}, 403: {"model": ErrorBody},
-          404: {"model": ErrorBody}, 413: {"model": ErrorBody}, 503: {"model": ErrorBody}}
+          404: {"model": ErrorBody}, 413: {"model": ErrorBody}, 429: {"model": ErrorBody},
+          503: {"model": ErrorBody}}
 
 
 class ApiError(Exception):
@@ -69,51 +74,94 @@ def _hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+def check_token(token: str | None, digest: str, what: str) -> None:
+    """A session's or job's token against the digest its record keeps (constant-time compare)."""
+    if not token:
+        raise ApiError(401, "missing_token", f"{what} token missing: send Authorization: Bearer <token>, "
+                       "X-Session-Token or ?token=")
+    if not hmac.compare_digest(_hash(token), digest):
+        raise ApiError(403, "wrong_token", f"wrong {what} token")
+
+
 IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF", "PPM")  # still images Pillow reads
 
 
-def check_image(data: bytes, max_pixels: int, what: str = "image") -> tuple[int, int]:
-    """Header-only check of an uploaded frame: a known image format, the pixel limit. Returns (H, W).
-    No pixels are decoded here: the worker decodes the frame once and answers bad_image if it is corrupt."""
+def check_image(data: bytes, max_pixels: int, what: str = "image", kind: str = "frame") -> tuple[int, int]:
+    """Header-only check of an uploaded frame (kind "frame") or mask (kind "mask"): a known image format,
+    the pixel limit. Returns (H, W). No pixels are decoded here, so a small file that would decode to a huge
+    image (a 1-bit PNG of 20000x20000) costs nothing; the worker decodes a frame once and answers bad_image
+    if it is corrupt."""
+    bad = "bad_image" if kind == "frame" else "bad_mask"
     if not data:
-        raise ApiError(400, "bad_image", f"{what} is empty")
+        raise ApiError(400, bad, f"{what} is empty")
     try:
         with Image.open(io.BytesIO(data)) as im:
             w, h = im.size
             fmt = im.format
+    except Image.DecompressionBombError:
+        raise ApiError(413, f"{kind}_too_large", f"{what} has more than LWL_MAX_FRAME_PIXELS={max_pixels} "
+                       "pixels") from None
     except Exception as exc:  # noqa: BLE001 - any header failure is the client's bad file
-        raise ApiError(400, "bad_image", f"{what} cannot be decoded: {exc}") from None
+        raise ApiError(400, bad, f"{what} cannot be decoded: {type(exc).__name__}: {_plain(exc)}") from None
     if fmt not in IMAGE_FORMATS:
-        raise ApiError(400, "bad_image", f"{what} is {fmt}, not one of {', '.join(IMAGE_FORMATS)}")
+        raise ApiError(400, bad, f"{what} is {fmt}, not one of {', '.join(IMAGE_FORMATS)}")
     if w * h > max_pixels:
-        raise ApiError(413, "frame_too_large",
+        raise ApiError(413, f"{kind}_too_large",
                        f"{what} is {w}x{h} = {w * h} pixels, more than LWL_MAX_FRAME_PIXELS={max_pixels}")
     return h, w
 
 
-def check_objects(hw: tuple[int, int], mask: bytes | None, boxes: dict[int, list[float]] | None) -> list[int]:
-    """Mask/box checks against the frame size; returns the object ids they define. Boxes are clipped to
-    the frame in place."""
+def _plain(exc: Exception) -> str:
+    """An exception's message without anything that looks like a server path."""
+    return " ".join(w for w in str(exc).split() if "/" not in w or w.startswith("image/"))[:200]
+
+
+def check_mask(data: bytes, hw: tuple[int, int] | None, max_pixels: int, what: str = "mask") -> None:
+    """Header-only mask checks before anything decodes it: a readable image within the pixel limit and,
+    when the frame size is known, of that size."""
+    mh, mw = check_image(data, max_pixels, what, kind="mask")
+    if hw is not None and (mh, mw) != tuple(hw):
+        raise ApiError(400, "mask_size_mismatch", f"{what} size {mw}x{mh} differs from the frame size "
+                       f"{hw[1]}x{hw[0]}")
+
+
+def check_count(n: int, limit: int, have: int = 0) -> None:
+    """Objects per session: what a session holds plus what a request adds, at most LWL_MAX_OBJECTS."""
+    if have + n > limit:
+        hint = " (a soft-edged greyscale or anti-aliased mask? save an indexed PNG)" if n > limit else ""
+        raise ApiError(400, "too_many_objects", f"{have + n} objects{hint}: a session holds at most "
+                       f"LWL_MAX_OBJECTS={limit}")
+
+
+def check_objects(hw: tuple[int, int], mask: bytes | None, boxes: dict[int, list[float]] | None,
+                  max_pixels: int, max_objects: int, have: list[int] | None = None) -> list[int]:
+    """Mask/box checks against the frame size and the object limit, before any model work; returns the
+    object ids they define. Boxes are clipped to the frame in place. `have`: ids the session tracks already."""
     from model.media import read_label_png  # numpy + Pillow only
 
     if mask is None and not boxes:
         raise ApiError(400, "no_objects", "give a mask (indexed PNG) or boxes for at least one object")
+    have = have or []
+    check_count(len(boxes or {}), max_objects, len(have))
     ids: list[int] = []
     if mask is not None:
+        check_mask(mask, hw, max_pixels)
         try:
             lab = read_label_png(mask)
         except InputError as exc:
-            raise ApiError(400, "bad_mask", str(exc)) from None
-        if lab.shape != hw:
-            raise ApiError(400, "mask_size_mismatch", f"mask size {lab.shape[1]}x{lab.shape[0]} differs from "
-                           f"the frame size {hw[1]}x{hw[0]}")
-        present = [int(v) for v in sorted(set(lab.reshape(-1).tolist())) if v not in (0, 255)]
+            raise ApiError(400, "bad_mask", _plain(exc)) from None
+        present = [int(v) for v in np.unique(lab) if v not in (0, 255)]
         if not present:
             raise ApiError(400, "empty_mask", "mask is empty: it has no object pixels")
-        ids += present
+        ids += [i for i in present if i not in have]
+        if not ids and have:
+            raise ApiError(400, "no_objects", f"the mask has no new object id: tracked objects are {have}")
+        check_count(len(ids) + len(boxes or {}), max_objects, len(have))
     for oid, box in (boxes or {}).items():
         if not (1 <= oid <= 254):
             raise ApiError(400, "bad_object_id", f"object id {oid} must be between 1 and 254")
+        if oid in have:
+            raise ApiError(400, "duplicate_object", f"object {oid} is tracked already")
         try:  # a box drawn a little past the frame's edge is clipped to it (model.boxes)
             boxes[oid] = list(clip_box(box, hw))
         except InputError as exc:
@@ -131,13 +179,43 @@ def parse_boxes(text: str | None) -> dict[int, list[float]] | None:
     try:
         raw = json.loads(text)
         items = raw.items() if isinstance(raw, dict) else ((d["id"], d["box"]) for d in raw)
-        out = {int(k): [float(v) for v in b] for k, b in items}
+        out = {_object_id(k): [float(v) for v in b] for k, b in items}
         if any(len(b) != 4 for b in out.values()):
             raise ValueError("each box needs 4 numbers")
+        if not all(math.isfinite(v) for b in out.values() for v in b):
+            raise ValueError("box numbers must be finite")
         return out
-    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+    except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as exc:
         raise ApiError(400, "bad_boxes", 'boxes must be JSON like {"1": [x, y, w, h]} or '
                        f'[{{"id": 1, "box": [x, y, w, h]}}]: {exc}') from None
+
+
+def check_format(fmt: str) -> str:
+    """The mask format of results: png or rle."""
+    if fmt not in ("png", "rle"):
+        raise ApiError(400, "bad_format", f"format must be png or rle, not {fmt[:20]!r}")
+    return fmt
+
+
+def session_hw(meta: dict[str, str]) -> tuple[int, int] | None:
+    """The session's frame size (H, W), as recorded when it was created."""
+    return (int(meta["height"]), int(meta["width"])) if meta.get("height") and meta.get("width") else None
+
+
+def _object_id(v: Any) -> int:
+    """An object id from JSON: an integer or a string of one (not 1.5, not true)."""
+    if isinstance(v, bool) or not isinstance(v, (int, str)) or not str(v).strip().lstrip("-").isdigit():
+        raise ValueError(f"object id {str(v)[:20]!r} is not an integer")
+    return int(v)
+
+
+SID_CHARS = frozenset("0123456789abcdef")
+
+
+def check_id(value: str, what: str) -> None:
+    """Session and job ids are 32 hex digits; anything else is unknown (and never reaches a store key)."""
+    if len(value) != 32 or not set(value) <= SID_CHARS:
+        raise ApiError(404, f"unknown_{what}", f"unknown {what} {value[:40]!r}")
 
 
 # ============================================================================ app
@@ -152,16 +230,40 @@ class Service:
 
     # ---------------------------------------------------------------- sessions and workers
     async def auth(self, sid: str, token: str | None) -> dict[str, str]:
+        check_id(sid, "session")
+        if token is not None and not isinstance(token, str):
+            raise ApiError(401, "missing_token", "session token must be a string")
         meta = await self.b.get_session(sid)
         if meta is None:
             raise ApiError(404, "unknown_session",
                            f"unknown session {sid} (never created, deleted or expired)")
-        if not token:
-            raise ApiError(401, "missing_token", "session token missing: send Authorization: Bearer <token>, "
-                           "X-Session-Token or ?token=")
-        if not hmac.compare_digest(_hash(token), meta.get("token_sha256", "")):
-            raise ApiError(403, "wrong_token", "wrong session token")
+        check_token(token, meta.get("token_sha256", ""), "session")
         return meta
+
+    async def auth_job(self, jid: str, token: str | None) -> dict[str, str]:
+        """A job's record, if `token` is the one its creation answered (as sessions: Service.auth)."""
+        rec = await self.b.get_job(jid)
+        if rec is None:
+            raise ApiError(404, "unknown_job", f"unknown job {jid} (never created, deleted, or removed "
+                           f"LWL_JOB_RETENTION_H={self.s.job_retention_h:g} h after it finished)")
+        check_token(token, rec.get("token_sha256", ""), "job")
+        return rec
+
+    async def admit(self, request: Request, kind: str, item: str, limit: int) -> None:
+        """Per-key limit on live sessions / queued+running jobs (service.access.admit): 429 when full.
+        A claim of a request that then fails is released by the API-key middleware."""
+        async def live(other: str) -> bool:
+            if kind == "sessions":
+                return await self.b.get_session(other) is not None
+            rec = await self.b.get_job(other)
+            return rec is not None and rec.get("state") in ("queued", "running")
+
+        if not await access.admit(self.b, request, kind, item, limit, live):
+            what = "live sessions" if kind == "sessions" else "queued or running jobs"
+            setting = "LWL_MAX_SESSIONS_PER_KEY" if kind == "sessions" else "LWL_MAX_JOBS_PER_KEY"
+            raise ApiError(429, f"too_many_{kind}", f"this API key holds {limit} {what}, the most "
+                           f"{setting} allows; delete one or wait for one to end",
+                           headers={"Retry-After": "5"})
 
     async def candidates(self, model: str | None = None) -> list[dict[str, Any]]:
         """Live workers with room, most free capacity first."""
@@ -190,7 +292,10 @@ class Service:
             raise ApiError(503, "no_worker", "the session's worker is gone and no other worker is live",
                            headers={"Retry-After": str(max(1, int(self.s.heartbeat_s * 2)))})
         new = cands[0]["id"]
-        await self.b.update_session(sid, {"worker": new})
+        # when the dead worker last beat: the adopting worker reports the gap as lwl_failover_seconds
+        since = await self.b.last_beat(dead) or time.time()
+        await self.b.update_session(sid, {"worker": new, "moved_since": f"{since:.3f}",
+                                          "moved_cause": "worker_died"})
         await self.adopt(sid, new)
         log.info("session moved", extra={"session_id": sid, "from": dead, "to": new})
         return new
@@ -305,7 +410,11 @@ def create_app(settings: Settings, backend: RedisBackend | MemoryBackend, worker
     async def lifespan(app: FastAPI):  # noqa: ANN202 - FastAPI lifespan protocol
         if worker is not None:
             await worker.start()
+        # job retention and crash leftovers (service.jobs): a pass now, then periodically
+        sweeper = asyncio.create_task(jobfiles.sweep_forever(backend, svc.jobs_dir(),
+                                                             settings.job_retention_h * 3600))
         yield
+        sweeper.cancel()
         if worker is not None:
             await worker.stop()
         await backend.close()
@@ -326,6 +435,33 @@ def create_app(settings: Settings, backend: RedisBackend | MemoryBackend, worker
         obs.ERRORS.labels(exc.code).inc()
         return JSONResponse({"code": exc.code, "detail": exc.detail}, exc.status, headers=exc.headers)
 
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        """Routing and parsing errors (unknown path, wrong method, unreadable body) in our JSON shape."""
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "bad_request")
+        obs.ERRORS.labels(code).inc()
+        detail = exc.detail if isinstance(exc.detail, str) else "bad request"
+        return JSONResponse({"code": code, "detail": detail}, exc.status_code, headers=exc.headers)
+
+    def _store_down(request: Request, exc: Exception) -> JSONResponse:
+        """Redis unreachable, restarting or loading: 503 + Retry-After, never a 500 (readyz says the same)."""
+        obs.ERRORS.labels("store_down").inc()
+        log.warning("store unavailable", extra={"path": request.url.path, "error": type(exc).__name__})
+        return JSONResponse({"code": "store_down", "detail": "the store (Redis) is unavailable; retry shortly"},
+                            503, headers={"Retry-After": str(max(1, int(settings.heartbeat_s * 2)))})
+
+    for err in STORE_ERRORS:
+        app.add_exception_handler(err, _store_down)
+
+    @app.exception_handler(Exception)
+    async def _unhandled(request: Request, exc: Exception) -> JSONResponse:
+        """Last resort, also for errors raised in middleware (the API key check reads Redis): a JSON body,
+        never a plain-text 500 or a traceback."""
+        if isinstance(exc, STORE_ERRORS):
+            return _store_down(request, exc)
+        obs.ERRORS.labels("internal").inc()
+        return JSONResponse({"code": "internal", "detail": "internal error"}, 500)
+
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         obs.ERRORS.labels("validation").inc()
@@ -340,6 +476,9 @@ def create_app(settings: Settings, backend: RedisBackend | MemoryBackend, worker
             return JSONResponse({"code": "upload_too_large", "detail": f"request body of {int(cl)} bytes "
                                  f"is larger than LWL_MAX_UPLOAD_MB={settings.max_upload_mb:g} MB"}, 413)
         return await call_next(request)
+
+    if settings.api_key_hashes:  # LWL_API_KEYS: X-API-Key on /v1 calls (service.access)
+        app.middleware("http")(access.api_key_middleware(settings.api_key_hashes, backend))
 
     Tok = dict(authorization=Header(None, include_in_schema=True), x_session_token=Header(None),
                token=Query(None, description="session token (alternative to the headers)"))
@@ -390,7 +529,7 @@ def create_app(settings: Settings, backend: RedisBackend | MemoryBackend, worker
                            "max_frame_pixels": settings.max_frame_pixels,
                            "max_inflight_frames": settings.max_inflight_frames,
                            "session_ttl_s": settings.session_ttl_s},
-                "palette": PALETTE}
+                "palette": PALETTE, "api_key_required": bool(settings.api_key_hashes)}
 
     @app.get("/v1/workers", tags=["ops"])
     async def workers() -> list[dict[str, Any]]:
@@ -415,17 +554,18 @@ def create_app(settings: Settings, backend: RedisBackend | MemoryBackend, worker
         mdata = await read_upload(mask, limit, "mask")
         if mask is not None and not mdata:
             raise ApiError(400, "bad_mask", "mask file is empty")
-        if format not in ("png", "rle"):
-            raise ApiError(400, "bad_format", "format must be png or rle")
+        check_format(format)
         try:
             parse_crop(crop_size)
         except ValueError as exc:
             raise ApiError(400, "bad_crop_size", str(exc)) from None
         hw = check_image(img or b"", settings.max_frame_pixels)
         bx = parse_boxes(boxes)
-        check_objects(hw, mdata, bx)
+        check_objects(hw, mdata, bx, settings.max_frame_pixels, settings.max_objects)
         sid = uuid.uuid4().hex
         token = secrets.token_urlsafe(24)
+        key_name = getattr(request.state, "api_key", None) or ""  # LWL_API_KEYS: who creates it
+        await svc.admit(request, "sessions", sid, settings.max_sessions_per_key)
         now = f"{time.time():.3f}"
         header = {"op": "create", "sid": sid, "crop_size": crop_size or "", "model": model or "",
                   "fmt": format, "boxes": {str(k): v for k, v in (bx or {}).items()}}
@@ -443,7 +583,8 @@ def create_app(settings: Settings, backend: RedisBackend | MemoryBackend, worker
                 "id": sid, "token_sha256": _hash(token), "worker": wid, "state": "creating", "created": now,
                 "last_active": now, "frames": "0", "objects": "[]", "crop_size": crop_size or "",
                 "model": model or cands[0].get("model", ""), "format": format, "seq_next": "0",
-                "ttl_s": str(settings.session_ttl_s),
+                "ttl_s": str(settings.session_ttl_s), "height": str(hw[0]), "width": str(hw[1]),
+                "api_key": key_name,
             }, settings.session_ttl_s)
             try:
                 out = await svc.rpc(wid, header, img or b"", mdata or b"")
@@ -478,6 +619,8 @@ def create_app(settings: Settings, backend: RedisBackend | MemoryBackend, worker
                 await svc.rpc(meta["worker"], {"op": "delete", "sid": sid}, timeout=30)
         await backend.delete_session(sid)
         await backend.drop_results(sid)
+        if meta.get("api_key"):  # its key's count goes down now (service.access.admit)
+            await backend.release_slot("sessions", meta["api_key"], sid)
         return Response(status_code=204)
 
     @app.post("/v1/sessions/{sid}/frames", tags=["sessions"], response_model=FrameResultOut, responses=ERRORS)
@@ -488,9 +631,10 @@ def create_app(settings: Settings, backend: RedisBackend | MemoryBackend, worker
                             token: str | None = Tok["token"]) -> dict[str, Any]:
         """Segment the next frame of the session over plain HTTP."""
         meta = await svc.auth(sid, _token(authorization, x_session_token, token))
+        fmt = check_format(format or meta.get("format", "png"))
         img = await read_upload(image, settings.max_upload_bytes, "image")
         check_image(img or b"", settings.max_frame_pixels)
-        return await svc.frame_rpc(sid, meta, format or meta.get("format", "png"), img or b"")
+        return await svc.frame_rpc(sid, meta, fmt, img or b"")
 
     @app.post("/v1/sessions/{sid}/objects", tags=["sessions"], response_model=FrameResultOut,
               responses=ERRORS)
@@ -505,6 +649,10 @@ def create_app(settings: Settings, backend: RedisBackend | MemoryBackend, worker
         bx = parse_boxes(boxes)
         if not mdata and not bx:
             raise ApiError(400, "no_objects", "give a mask with new object ids or boxes")
+        hw = session_hw(meta)
+        if hw is not None:  # sessions made by an older api lack the size: the worker checks then
+            check_objects(hw, mdata or None, bx, settings.max_frame_pixels, settings.max_objects,
+                          have=json.loads(meta.get("objects", "[]")))
         return await svc.session_rpc(sid, meta, {"op": "add", "fmt": meta.get("format", "png"),
                                                  "boxes": {str(k): v for k, v in (bx or {}).items()}},
                                      mdata or b"")
@@ -520,6 +668,7 @@ def create_app(settings: Settings, backend: RedisBackend | MemoryBackend, worker
         mdata = await read_upload(mask, settings.max_upload_bytes, "mask")
         if not mdata:
             raise ApiError(400, "bad_mask", "mask file is empty")
+        check_mask(mdata, session_hw(meta), settings.max_frame_pixels)
         return await svc.session_rpc(sid, meta, {"op": "correct", "fmt": meta.get("format", "png")}, mdata)
 
     @app.delete("/v1/sessions/{sid}/objects/{object_id}", tags=["sessions"], responses=ERRORS)
@@ -528,6 +677,8 @@ def create_app(settings: Settings, backend: RedisBackend | MemoryBackend, worker
                             token: str | None = Tok["token"]) -> dict[str, Any]:
         """Stop tracking one object."""
         meta = await svc.auth(sid, _token(authorization, x_session_token, token))
+        if object_id not in json.loads(meta.get("objects", "[]")):
+            raise ApiError(404, "unknown_object", f"object {object_id} is not tracked in session {sid}")
         return await svc.session_rpc(sid, meta, {"op": "remove", "object_id": object_id})
 
     # ---------------------------------------------------------------- video jobs
@@ -551,7 +702,8 @@ def create_app(settings: Settings, backend: RedisBackend | MemoryBackend, worker
         try:
             limit = settings.max_upload_bytes
             size = 0
-            with open(d / "input.video", "wb") as f:
+            part = d / (jobfiles.UPLOAD_NAME + jobfiles.PART_SUFFIX)  # renamed when complete (service.jobs)
+            with open(part, "wb") as f:
                 while chunk := await video.read(1 << 20):
                     size += len(chunk)
                     if size > limit:
@@ -559,6 +711,7 @@ def create_app(settings: Settings, backend: RedisBackend | MemoryBackend, worker
                         raise ApiError(413, "upload_too_large",
                                        f"video is larger than LWL_MAX_UPLOAD_MB={mb:g} MB")
                     f.write(chunk)
+            part.rename(d / jobfiles.UPLOAD_NAME)
             mdata = await read_upload(mask, limit, "mask")
             bx = parse_boxes(boxes)
             count, hw, fps = await asyncio.to_thread(_probe_video, d / "input.video")
@@ -568,29 +721,33 @@ def create_app(settings: Settings, backend: RedisBackend | MemoryBackend, worker
             if init_frame >= count:
                 raise ApiError(400, "bad_init_frame",
                                f"init_frame {init_frame} is beyond the video's {count} frames")
-            check_objects(hw, mdata or None, bx)
+            check_objects(hw, mdata or None, bx, settings.max_frame_pixels, settings.max_objects)
             if mdata:
                 (d / "mask.png").write_bytes(mdata)
+            await svc.admit(request, "jobs", jid, settings.max_jobs_per_key)
         except BaseException:
             shutil.rmtree(d, ignore_errors=True)
             raise
         now = f"{time.time():.3f}"
+        token = secrets.token_urlsafe(24)
         await backend.put_job(jid, {
             "id": jid, "state": "queued", "progress": "0", "frames_done": "0", "frames_total": str(count),
             "init_frame": str(init_frame), "boxes": json.dumps({str(k): v for k, v in (bx or {}).items()}),
-            "crop_size": crop_size or "", "input": "input.video", "fps": f"{fps:.4f}", "created": now,
-            "updated": now, "filename": video.filename or "",
+            "crop_size": crop_size or "", "input": jobfiles.UPLOAD_NAME, "fps": f"{fps:.4f}", "created": now,
+            "updated": now, "filename": video.filename or "", "token_sha256": _hash(token),
+            "api_key": getattr(request.state, "api_key", None) or "",
         })
         await backend.submit_job(jid)
         log.info("job submitted", extra={"job_id": jid, "frames": count})
-        return {"job_id": jid, "state": "queued", "status_url": str(request.url_for("job_status", jid=jid))}
+        return {"job_id": jid, "token": token, "state": "queued",
+                "status_url": str(request.url_for("job_status", jid=jid))}
 
     @app.get("/v1/jobs/{jid}", tags=["jobs"], response_model=JobStatus, responses=ERRORS)
-    async def job_status(request: Request, jid: str) -> JobStatus:
-        """Job state and progress (0..1); result URLs once done."""
-        rec = await backend.get_job(jid)
-        if rec is None:
-            raise ApiError(404, "unknown_job", f"unknown job {jid}")
+    async def job_status(request: Request, jid: str, authorization: str | None = Tok["authorization"],
+                         x_session_token: str | None = Tok["x_session_token"],
+                         token: str | None = Tok["token"]) -> JobStatus:
+        """Job state and progress (0..1); result URLs once done (add the job token to fetch them)."""
+        rec = await svc.auth_job(jid, _token(authorization, x_session_token, token))
         results = {}
         if rec["state"] == "done":
             base = str(request.url_for("job_result", jid=jid))
@@ -603,11 +760,13 @@ def create_app(settings: Settings, backend: RedisBackend | MemoryBackend, worker
                          results=results)
 
     @app.get("/v1/jobs/{jid}/result", tags=["jobs"], responses={**ERRORS, 409: {"model": ErrorBody}})
-    async def job_result(jid: str, format: str = Query("png", pattern="^(png|rle|mp4)$")) -> FileResponse:  # noqa: A002
-        """Download: png = zip of DAVIS-palette PNGs, rle = COCO RLE JSON, mp4 = overlay video."""
-        rec = await backend.get_job(jid)
-        if rec is None:
-            raise ApiError(404, "unknown_job", f"unknown job {jid}")
+    async def job_result(jid: str, format: str = Query("png", pattern="^(png|rle|mp4)$"),  # noqa: A002
+                         authorization: str | None = Tok["authorization"],
+                         x_session_token: str | None = Tok["x_session_token"],
+                         token: str | None = Tok["token"]) -> FileResponse:
+        """Download: png = zip of DAVIS-palette PNGs, rle = COCO RLE JSON, mp4 = overlay video. The job
+        token alone authenticates it (no API key needed), so `?token=` makes a plain download link."""
+        rec = await svc.auth_job(jid, _token(authorization, x_session_token, token))
         if rec["state"] != "done":
             raise ApiError(409, "job_not_done", f"job {jid} is {rec['state']}"
                            + (f": {rec['error']}" if rec.get("error") else ""))
@@ -618,11 +777,26 @@ def create_app(settings: Settings, backend: RedisBackend | MemoryBackend, worker
             raise ApiError(404, "result_missing", f"result file {name} of job {jid} is missing on the volume")
         return FileResponse(path, media_type=media, filename=f"{jid}-{name}")
 
+    @app.delete("/v1/jobs/{jid}", tags=["jobs"], status_code=204, responses=ERRORS)
+    async def delete_job(jid: str, authorization: str | None = Tok["authorization"],
+                         x_session_token: str | None = Tok["x_session_token"],
+                         token: str | None = Tok["token"]) -> Response:
+        """Delete a job: its record, input and results. A running job is cancelled: its worker stops within
+        a few frames (its next progress update finds the record gone) and writes no results."""
+        rec = await svc.auth_job(jid, _token(authorization, x_session_token, token))
+        await backend.delete_job(jid)
+        if rec.get("api_key"):
+            await backend.release_slot("jobs", rec["api_key"], jid)
+        await asyncio.to_thread(jobfiles.remove_job_files, svc.jobs_dir() / jid)
+        log.info("job deleted", extra={"job_id": jid, "state": rec.get("state")})
+        return Response(status_code=204)
+
     # ---------------------------------------------------------------- WebSocket
     @app.websocket("/v1/sessions/{sid}/stream")
     async def stream(ws: WebSocket, sid: str, token: str | None = None, format: str | None = None,  # noqa: A002
-                     mode: str = "all", max_inflight: int | None = None) -> None:
-        await StreamHandler(svc, ws, sid).run(token, format, mode, max_inflight)
+                     mode: str = "all", max_inflight: str | None = None, resume_from: str | None = None) -> None:
+        # numbers arrive as text and are checked by the handler, so a bad one gets close code 4400
+        await StreamHandler(svc, ws, sid).run(token, format, mode, max_inflight, resume_from)
 
     if settings.web_ui:
         mount_web(app, settings.web_frame_ancestors)
@@ -637,14 +811,34 @@ def _probe_video(path: Path) -> tuple[int, tuple[int, int], float]:
     try:
         info = probe_video(path, count=True)
     except InputError as exc:
-        raise ApiError(400, "bad_video", str(exc).replace(str(path), "the upload")) from None
+        raise ApiError(400, "bad_video", jobfiles.scrub_paths(str(exc), path)) from None
     return info.frames or 0, (info.height, info.width), info.fps
 
 
 # ============================================================================ WebSocket relay
 
 WS_CLOSE = {"bad_message": 4400, "missing_token": 4401, "wrong_token": 4403, "unknown_session": 4404,
-            "session_ended": 4410, "no_worker": 4503, "internal": 1011}
+            "stream_replaced": 4409, "session_ended": 4410, "no_worker": 4503, "internal": 1011,
+            "store_down": 1013}
+MAX_ID_CHARS = 128  # a client's frame id is echoed in its answer and kept with the frame: keep it small
+
+
+def _count(text: str | None, name: str, low: int) -> int | None:
+    """A whole-number option of the stream URL or auth message (None when absent)."""
+    if text is None or text == "":
+        return None
+    if isinstance(text, bool) or not str(text).isdigit() or int(text) < low:
+        raise ApiError(400, "bad_option", f"{name} must be a whole number >= {low}, not {str(text)[:20]!r}")
+    return int(text)
+
+
+def _client_id(env: dict[str, Any]) -> Any:
+    """The `id` of a frame envelope: a string (at most 128 characters), a number or absent."""
+    cid = env.get("id")
+    if cid is None or (isinstance(cid, (int, float)) and not isinstance(cid, bool)) or (
+            isinstance(cid, str) and len(cid) <= MAX_ID_CHARS):
+        return cid
+    raise ValueError(f"id must be a string of at most {MAX_ID_CHARS} characters or a number")
 
 
 class StreamHandler:
@@ -658,6 +852,7 @@ class StreamHandler:
         self.slot = asyncio.Event()
         self.send_lock = asyncio.Lock()
         self.closed = False
+        self.claim = uuid.uuid4().hex  # this stream's claim on the session (one stream per session)
 
     async def close(self, code: int, reason: str) -> None:
         if not self.closed:
@@ -669,39 +864,45 @@ class StreamHandler:
         async with self.send_lock:
             await self.ws.send_text(json.dumps(msg))
 
-    async def run(self, token: str | None, fmt: str | None, mode: str, max_inflight: int | None) -> None:
+    async def run(self, token: str | None, fmt: str | None, mode: str, max_inflight: str | None,
+                  resume_from: str | None = None) -> None:
         s = self.svc.s
         await self.ws.accept()
         try:
             if not token:  # browsers: token as the first message
-                try:
-                    first = json.loads(await asyncio.wait_for(self.ws.receive_text(), 10))
-                    token = first.get("token") if isinstance(first, dict) else None
-                except (asyncio.TimeoutError, ValueError, KeyError, WebSocketDisconnect, RuntimeError):
-                    token = None
+                first = await self._auth_message()
+                token, resume_from = first.get("token"), first.get("resume_from", resume_from)
             try:
                 meta = await self.svc.auth(self.sid, token)
+                self.fmt = fmt or meta.get("format", "png")
+                if self.fmt not in ("png", "rle") or mode not in ("all", "latest"):
+                    raise ApiError(400, "bad_option", "format must be png or rle, mode all or latest")
+                inflight = _count(max_inflight, "max_inflight", 1)
+                resume = _count(None if resume_from is None else str(resume_from), "resume_from", 1)
             except ApiError as e:
                 with contextlib.suppress(Exception):
                     await self.send({"type": "error", "code": e.code, "detail": e.detail})
                 return await self.close(WS_CLOSE.get(e.code, 4400), e.detail)
-            self.fmt = fmt or meta.get("format", "png")
-            if self.fmt not in ("png", "rle") or mode not in ("all", "latest"):
-                await self.send({"type": "error", "code": "bad_option", "detail": "format must be png|rle, "
-                                 "mode all|latest"})
-                return await self.close(4400, "bad option")
             self.mode = mode
-            self.limit = max(1, min(max_inflight or s.max_inflight_frames, s.max_inflight_frames))
+            self.limit = max(1, min(inflight or s.max_inflight_frames, s.max_inflight_frames))
             try:
                 self.owner = await self.svc.owner(self.sid, meta)
             except ApiError as e:
                 await self.send({"type": "error", "code": e.code, "detail": e.detail})
                 return await self.close(4503, e.detail)
-            last = await self.svc.b.last_result(self.sid)
-            self.last_id = last[0] if last else "0"
-            await self.send({"type": "ready", "session_id": self.sid, "format": self.fmt, "mode": self.mode,
-                             "max_inflight": self.limit, "frames": int(meta.get("frames", "0")),
-                             "objects": json.loads(meta.get("objects", "[]"))})
+            # One stream per session: this one claims it; an older stream's next frame is refused (4409).
+            await self.svc.b.update_session(self.sid, {"stream": self.claim})
+            meta = await self.svc.b.get_session(self.sid) or meta
+            ready = {"type": "ready", "session_id": self.sid, "format": self.fmt, "mode": self.mode,
+                     "max_inflight": self.limit, "frames": int(meta.get("frames", "0")),
+                     "objects": json.loads(meta.get("objects", "[]")),
+                     "next_seq": int(meta.get("seq_next", "0")) + 1}
+            if resume is None:
+                last = await self.svc.b.last_result(self.sid)
+                self.last_id = last[0] if last else "0"
+            else:
+                ready.update(await self._resume(resume, ready["next_seq"]))
+            await self.send(ready)
             recv = asyncio.create_task(self._receive())
             relay = asyncio.create_task(self._relay())
             done, pending = await asyncio.wait({recv, relay}, return_when=asyncio.FIRST_COMPLETED)
@@ -716,12 +917,52 @@ class StreamHandler:
                     exc = t.exception() if t.done() and not t.cancelled() else None
                     if isinstance(exc, _Close):
                         await self.close(exc.code, exc.reason)
+                    elif isinstance(exc, STORE_ERRORS):
+                        await self._store_down()
             await self.close(1000, "done")
         except WebSocketDisconnect:
             self.closed = True
+        except STORE_ERRORS:
+            await self._store_down()
         except Exception:  # noqa: BLE001
             log.exception("stream failed", extra={"session_id": self.sid})
             await self.close(1011, "internal error")
+
+    async def _auth_message(self) -> dict[str, Any]:
+        """The first message when the URL has no token: {"type": "auth", "token": ..., "resume_from": ...}."""
+        try:
+            first = json.loads(await asyncio.wait_for(self.ws.receive_text(), 10))
+        except (asyncio.TimeoutError, ValueError, KeyError, WebSocketDisconnect, RuntimeError):
+            return {}
+        return first if isinstance(first, dict) else {}
+
+    async def _resume(self, first: int, next_seq: int) -> dict[str, Any]:
+        """A client back after a dropped connection: the frames it sent from seq `first` on that the session
+        accepted are answered (again) on this stream, in order, with their ids; none is applied twice. The
+        client resends only frames the session never accepted (seq >= next_seq, or ids not listed)."""
+        known: dict[int, Any] = {}
+        for r in await self.svc.b.read_results(self.sid, "0", 0.001):
+            if r.seq >= first:
+                known[r.seq] = json.loads(r.body).get("id")
+        for _eid, hraw, _body in await self.svc.b.read_frames(self.sid, "0"):
+            h = json.loads(hraw)
+            if int(h.get("seq", 0)) >= first and "req" not in h:
+                known.setdefault(int(h["seq"]), h.get("id"))
+        t0 = time.perf_counter()
+        for seq in sorted(known):
+            self.inflight[seq] = (t0, None)
+        self.last_id = "0"  # read the results stream from its start: answers already written go out again
+        lost = [q for q in range(first, next_seq) if q not in known]
+        return {"resumed": [{"seq": q, "id": known[q]} for q in sorted(known)], "lost": lost}
+
+    async def _store_down(self) -> None:
+        """Redis unavailable: an `error` message, then close 1013 (try again later). Frames already in
+        the session's stream are answered once the store is back; a reconnecting client resumes."""
+        obs.ERRORS.labels("store_down").inc()
+        with contextlib.suppress(Exception):
+            await self.send({"type": "error", "code": "store_down",
+                             "detail": "the store (Redis) is unavailable; reconnect shortly"})
+        await self.close(WS_CLOSE["store_down"], "store unavailable, retry")
 
     async def _drained(self) -> None:
         while self.inflight or self.waiting:
@@ -763,7 +1004,11 @@ class StreamHandler:
                     await self.send({"type": "error", "code": "bad_message", "detail": 'expected {"type": '
                                      '"frame", "image": "<base64 JPEG/PNG>"}, {"type": "close"} or binary'})
                     continue
-                client_id = env.get("id")
+                try:
+                    client_id = _client_id(env)
+                except ValueError as exc:
+                    await self.send({"type": "error", "code": "bad_message", "detail": str(exc)})
+                    continue
                 try:
                     data = base64.b64decode(env["image"], validate=True)
                 except ValueError:
@@ -790,10 +1035,15 @@ class StreamHandler:
     async def _submit(self, t0: float, client_id: Any, data: bytes) -> None:
         """One round trip: the frame goes into the session's frames stream, numbered by the next seq.
         No worker lookup: the owner reads that stream (and it is the replay log if the owner dies)."""
-        h, body = pack({"op": "frame", "fmt": self.fmt}, data)
-        seq = await self.svc.b.submit_frame(self.sid, h, body, self.svc.s.session_ttl_s)
+        head: dict[str, Any] = {"op": "frame", "fmt": self.fmt}
+        if client_id is not None:  # the worker echoes it: a resumed stream still knows which frame it was
+            head["id"] = client_id
+        h, body = pack(head, data)
+        seq = await self.svc.b.submit_frame(self.sid, h, body, self.svc.s.session_ttl_s, self.claim)
         if seq is None:
             raise _Close(4410, "session ended (deleted or expired)")
+        if seq < 0:
+            raise _Close(4409, "another stream took over this session")
         self.inflight[seq] = (t0, client_id)
 
     async def _relay(self) -> None:
@@ -815,8 +1065,8 @@ class StreamHandler:
 
     async def _forward(self, r: Result) -> None:
         """Send one answer: the worker's JSON text plus the client's id and the latency (spliced in)."""
-        t0, client_id = self.inflight.pop(r.seq)
-        extra: dict[str, Any] = {} if client_id is None else {"id": client_id}
+        t0, _ = self.inflight.pop(r.seq)
+        extra: dict[str, Any] = {}  # the client's id is in the worker's text already
         if r.kind == "result":
             dt = time.perf_counter() - t0
             obs.LATENCY.labels("end_to_end").observe(dt)

@@ -19,9 +19,19 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+from redis import exceptions as redis_errors
+
 from service.codec import splice
 
 Msg = tuple[str, bytes, bytes]  # (stream id, header JSON, body)
+
+# Redis errors that mean "the store is unreachable or refuses work for now" (down, restarting, loading
+# its data, a read-only replica, out of memory), not a bug: the api answers 503 `store_down`, workers
+# back off and retry. BusyLoadingError and AuthenticationError are ConnectionErrors.
+STORE_ERRORS: tuple[type[Exception], ...] = (
+    redis_errors.ConnectionError, redis_errors.TimeoutError, redis_errors.ReadOnlyError,
+    redis_errors.TryAgainError, redis_errors.ClusterDownError, redis_errors.OutOfMemoryError,
+)
 
 
 class Input(NamedTuple):
@@ -98,11 +108,16 @@ class Store:
     async def heartbeat(self, wid: str, info: dict[str, Any], ttl_s: float) -> None: ...
     async def live_workers(self) -> list[dict[str, Any]]: ...
     async def worker_alive(self, wid: str) -> bool: ...
+    async def last_beat(self, wid: str) -> float | None: ...
     async def remove_worker(self, wid: str) -> None: ...
     async def put_job(self, jid: str, rec: dict[str, str]) -> None: ...
     async def get_job(self, jid: str) -> dict[str, str] | None: ...
-    async def update_job(self, jid: str, fields: dict[str, str]) -> None: ...
+    async def update_job(self, jid: str, fields: dict[str, str]) -> bool: ...
+    async def delete_job(self, jid: str) -> None: ...
     async def job_ids(self) -> list[str]: ...
+    async def claim_slot(self, kind: str, owner: str, item: str) -> None: ...
+    async def release_slot(self, kind: str, owner: str, item: str) -> None: ...
+    async def slots(self, kind: str, owner: str) -> list[tuple[str, float]]: ...
     async def close(self) -> None: ...
 
 
@@ -115,7 +130,8 @@ class Broker:
                           block_s: float) -> list[Input]: ...
     async def work_depth(self, wid: str) -> int: ...
     async def drop_work(self, wid: str) -> None: ...
-    async def submit_frame(self, sid: str, header: bytes, body: bytes, ttl_s: float) -> int | None: ...
+    async def submit_frame(self, sid: str, header: bytes, body: bytes, ttl_s: float, claim: str = ""
+                           ) -> int | None: ...
     async def read_frames(self, sid: str, after_id: str) -> list[Msg]: ...
     async def deliver(self, sid: str, answers: list[Answer]) -> None: ...
     async def read_results(self, sid: str, last_id: str, block_s: float) -> list[Result]: ...
@@ -132,15 +148,25 @@ class Broker:
 # ============================================================================ Redis
 
 # A frame into the session's frames stream, numbered by the session-wide seq, in one round trip.
-# KEYS: session hash, frames stream. ARGV: header JSON, image, ttl. Nil when the session is gone.
+# KEYS: session hash, frames stream. ARGV: header JSON, image, ttl, stream claim. Nil when the session is
+# gone, -1 when another WebSocket stream has claimed the session since (one stream per session).
 SUBMIT_LUA = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return false end
+if ARGV[4] ~= '' and redis.call('HGET', KEYS[1], 'stream') ~= ARGV[4] then return -1 end
 local seq = redis.call('HINCRBY', KEYS[1], 'seq_next', 1)
 local h = string.sub(ARGV[1], 1, -2)
 if string.sub(h, -1) ~= '{' then h = h .. ',' end
 redis.call('XADD', KEYS[2], '*', 'h', h .. '"seq":' .. seq .. '}', 'b', ARGV[2])
 redis.call('EXPIRE', KEYS[2], ARGV[3])
 return seq
+"""
+
+# A job record's update only while it exists (a deleted job is not brought back by its worker).
+# KEYS: job hash. ARGV: field, value, ... Returns 1 if updated.
+UPDATE_JOB_LUA = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV))
+return 1
 """
 
 # A worker's writes after one op, in one round trip, only while the session names this worker.
@@ -180,6 +206,8 @@ class RedisBackend(Store, Broker):
     """Store and Broker over one Redis connection pool (binary-safe, decode_responses off)."""
 
     RESULT_MAXLEN = 256
+    SOCKET_TIMEOUT_S = 15
+    BEATS_KEPT_S = 3600  # how long the last heartbeat of a gone worker is remembered (failover timing)
     ORPHAN_IDLE_MS = 5000  # a job pending this long on a worker without heartbeat is taken over
 
     def __init__(self, url: str, prefix: str = "lwl", name: str = "") -> None:
@@ -187,7 +215,10 @@ class RedisBackend(Store, Broker):
 
         # the name shows in CLIENT LIST / MONITOR, so an operator (or a test) sees which process talks
         name = re.sub(r"[^\w.:-]", "_", name)  # CLIENT SETNAME refuses spaces
-        self.r = aioredis.from_url(url, decode_responses=False, client_name=name or None)
+        # socket timeouts: a Redis that hangs (not just one that is down) fails calls instead of blocking
+        # them for ever; above the longest blocking read here (BLPOP of wait_reply, 2 s)
+        self.r = aioredis.from_url(url, decode_responses=False, client_name=name or None,
+                                   socket_timeout=self.SOCKET_TIMEOUT_S, socket_connect_timeout=5)
         self.p = prefix
         self._submit = self.r.register_script(SUBMIT_LUA)
         self._commit = self.r.register_script(COMMIT_LUA)
@@ -276,8 +307,11 @@ class RedisBackend(Store, Broker):
 
     async def heartbeat(self, wid: str, info: dict[str, Any], ttl_s: float) -> None:
         async with self.r.pipeline() as p:
+            now = time.time()
             p.set(self.k("worker", wid), json.dumps(info), px=int(ttl_s * 1000))
             p.sadd(self.k("workers"), wid)
+            p.zadd(self.k("beats"), {wid: now})  # outlives the worker key: when it died (failover metric)
+            p.zremrangebyscore(self.k("beats"), "-inf", now - self.BEATS_KEPT_S)
             await p.execute()
 
     async def live_workers(self) -> list[dict[str, Any]]:
@@ -293,9 +327,17 @@ class RedisBackend(Store, Broker):
     async def worker_alive(self, wid: str) -> bool:
         return bool(wid) and bool(await self.r.exists(self.k("worker", wid)))
 
+    async def last_beat(self, wid: str) -> float | None:
+        """Unix time of the worker's last heartbeat, also after its heartbeat key expired."""
+        ts = await self.r.zscore(self.k("beats"), wid) if wid else None
+        return None if ts is None else float(ts)
+
     async def remove_worker(self, wid: str) -> None:
-        await self.r.delete(self.k("worker", wid))
-        await self.r.srem(self.k("workers"), wid)
+        async with self.r.pipeline() as p:
+            p.delete(self.k("worker", wid))
+            p.srem(self.k("workers"), wid)
+            p.zrem(self.k("beats"), wid)
+            await p.execute()
 
     async def put_job(self, jid: str, rec: dict[str, str]) -> None:
         await self.r.hset(self.k("job", jid), mapping=rec)
@@ -305,11 +347,30 @@ class RedisBackend(Store, Broker):
         d = await self.r.hgetall(self.k("job", jid))
         return {_s(a): _s(b) for a, b in d.items()} if d else None
 
-    async def update_job(self, jid: str, fields: dict[str, str]) -> None:
-        await self.r.hset(self.k("job", jid), mapping=fields)
+    async def update_job(self, jid: str, fields: dict[str, str]) -> bool:
+        """Update a job's record if it still exists (False: deleted or expired; a worker then stops)."""
+        flat = [x for kv in fields.items() for x in kv]
+        return bool(await self.r.eval(UPDATE_JOB_LUA, 1, self.k("job", jid), *flat))
+
+    async def delete_job(self, jid: str) -> None:
+        async with self.r.pipeline() as p:
+            p.delete(self.k("job", jid))
+            p.srem(self.k("jobs"), jid)
+            await p.execute()
 
     async def job_ids(self) -> list[str]:
         return [_s(x) for x in await self.r.smembers(self.k("jobs"))]
+
+    async def claim_slot(self, kind: str, owner: str, item: str) -> None:
+        """Per-key accounting (service.access.admit): `item` held by key `owner`, since now."""
+        await self.r.zadd(self.k("keyslots", kind, owner), {item: time.time()})
+
+    async def release_slot(self, kind: str, owner: str, item: str) -> None:
+        await self.r.zrem(self.k("keyslots", kind, owner), item)
+
+    async def slots(self, kind: str, owner: str) -> list[tuple[str, float]]:
+        return [(_s(m), float(sc)) for m, sc in await self.r.zrange(self.k("keyslots", kind, owner), 0, -1,
+                                                                   withscores=True)]
 
     # ------------------------------------------------------------------ broker
     async def send_work(self, wid: str, header: bytes, body: bytes) -> None:
@@ -337,9 +398,10 @@ class RedisBackend(Store, Broker):
                for key, eid, f in await self._xread_many(streams, block_s)]
         return sorted(got, key=lambda m: id_order(m.eid))
 
-    async def submit_frame(self, sid: str, header: bytes, body: bytes, ttl_s: float) -> int | None:
+    async def submit_frame(self, sid: str, header: bytes, body: bytes, ttl_s: float, claim: str = ""
+                           ) -> int | None:
         seq = await self._submit(keys=[self.k("session", sid), self.k("frames", sid)],
-                                 args=[header, body, int(ttl_s) + 1])
+                                 args=[header, body, int(ttl_s) + 1, claim])
         return None if seq is None else int(seq)
 
     async def read_frames(self, sid: str, after_id: str) -> list[Msg]:
@@ -515,12 +577,14 @@ class MemoryBackend(Store, Broker):
         self.expiry: dict[str, float] = {}
         self.snapshots: dict[str, bytes] = {}
         self.workers: dict[str, tuple[float, dict[str, Any]]] = {}
+        self.beats: dict[str, float] = {}
         self.jobs: dict[str, dict[str, str]] = {}
         self.work: dict[str, _Stream] = defaultdict(lambda: _Stream(self.hub))
         self.frames: dict[str, _Stream] = defaultdict(lambda: _Stream(self.hub))
         self.results: dict[str, _Stream] = defaultdict(lambda: _Stream(self.hub, RedisBackend.RESULT_MAXLEN))
         self.replies: dict[str, asyncio.Queue] = defaultdict(asyncio.Queue)
         self.jobqueue: asyncio.Queue[str] = asyncio.Queue()
+        self.key_slots: dict[tuple[str, str], dict[str, float]] = defaultdict(dict)  # per-key accounting
 
     def _alive(self, sid: str) -> bool:
         if sid in self.sessions and self.expiry.get(sid, 0) < time.monotonic():
@@ -576,6 +640,7 @@ class MemoryBackend(Store, Broker):
 
     async def heartbeat(self, wid: str, info: dict[str, Any], ttl_s: float) -> None:
         self.workers[wid] = (time.monotonic() + ttl_s, dict(info))
+        self.beats[wid] = time.time()
 
     async def live_workers(self) -> list[dict[str, Any]]:
         now = time.monotonic()
@@ -584,8 +649,12 @@ class MemoryBackend(Store, Broker):
     async def worker_alive(self, wid: str) -> bool:
         return self.workers.get(wid, (0.0, {}))[0] > time.monotonic()
 
+    async def last_beat(self, wid: str) -> float | None:
+        return self.beats.get(wid)
+
     async def remove_worker(self, wid: str) -> None:
         self.workers.pop(wid, None)
+        self.beats.pop(wid, None)
 
     async def put_job(self, jid: str, rec: dict[str, str]) -> None:
         self.jobs[jid] = dict(rec)
@@ -593,11 +662,26 @@ class MemoryBackend(Store, Broker):
     async def get_job(self, jid: str) -> dict[str, str] | None:
         return dict(self.jobs[jid]) if jid in self.jobs else None
 
-    async def update_job(self, jid: str, fields: dict[str, str]) -> None:
-        self.jobs.setdefault(jid, {}).update(fields)
+    async def update_job(self, jid: str, fields: dict[str, str]) -> bool:
+        if jid not in self.jobs:
+            return False
+        self.jobs[jid].update(fields)
+        return True
+
+    async def delete_job(self, jid: str) -> None:
+        self.jobs.pop(jid, None)
 
     async def job_ids(self) -> list[str]:
         return list(self.jobs)
+
+    async def claim_slot(self, kind: str, owner: str, item: str) -> None:
+        self.key_slots[(kind, owner)][item] = time.time()
+
+    async def release_slot(self, kind: str, owner: str, item: str) -> None:
+        self.key_slots[(kind, owner)].pop(item, None)
+
+    async def slots(self, kind: str, owner: str) -> list[tuple[str, float]]:
+        return list(self.key_slots[(kind, owner)].items())
 
     async def send_work(self, wid: str, header: bytes, body: bytes) -> None:
         await self.work[wid].add(h=header, b=body)
@@ -628,9 +712,12 @@ class MemoryBackend(Store, Broker):
         s = self.work[wid]
         s.items = [it for it in s.items if it[0] >= upto]
 
-    async def submit_frame(self, sid: str, header: bytes, body: bytes, ttl_s: float) -> int | None:
+    async def submit_frame(self, sid: str, header: bytes, body: bytes, ttl_s: float, claim: str = ""
+                           ) -> int | None:
         if not self._alive(sid):
             return None
+        if claim and self.sessions[sid].get("stream") != claim:
+            return -1
         seq = await self.next_seq(sid)
         await self.frames[sid].add(h=splice(header, {"seq": seq}), b=body)
         return seq

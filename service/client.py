@@ -5,17 +5,23 @@
     s = c.create_session("00000.jpg", mask="00000.png")
     for r in s.stream(["00001.jpg", "00002.jpg"]):
         labels = s.labels(r)           # np.uint8 (H, W) label map
-    job = c.submit_video("clip.mp4", mask="00000.png")
+    job = c.submit_video("clip.mp4", mask="00000.png")   # a JobRef: the job id (a str) with .token
     c.wait_job(job)                    # progress bar
     c.download(job, "masks.zip")
+
+With `api_key=` every call sends `X-API-Key` (needed when the service sets LWL_API_KEYS). Calls that are
+safe to repeat (reads, deletes, session and job creation: a 503 or 429 means nothing was created) are
+retried when the answer is 503 or 429 with a Retry-After header, a few times and for a bounded total wait.
 """
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import time
 from collections.abc import AsyncIterator, Iterable, Iterator
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +59,53 @@ def _bytes(x: ImageLike, label: bool = False) -> bytes:
         im = Image.fromarray(arr)
     im.save(buf, format="PNG")
     return buf.getvalue()
+
+
+class JobRef(str):
+    """A job id (a plain str, as before) that also carries the job's token from POST /v1/jobs."""
+
+    token: str | None
+
+    def __new__(cls, job_id: str, token: str | None = None) -> JobRef:
+        ref = super().__new__(cls, job_id)
+        ref.token = token
+        return ref
+
+
+RETRY_STATUS = (429, 503)
+
+
+def retry_after_s(r: httpx.Response) -> float | None:
+    """The Retry-After of a 429/503 answer in seconds (delta-seconds or an HTTP date), else None."""
+    if r.status_code not in RETRY_STATUS:
+        return None
+    value = r.headers.get("retry-after", "").strip()
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError, IndexError):
+        return None
+
+
+class _Retry:
+    """Bounded retries of one call: at most `retries` more attempts and `max_wait_s` of waiting in all; a
+    Retry-After that would pass the total is not waited for (the answer goes back to the caller)."""
+
+    def __init__(self, retries: int, max_wait_s: float) -> None:
+        self.left, self.budget = retries, max_wait_s
+
+    def delay(self, r: httpx.Response) -> float | None:
+        wait = retry_after_s(r)
+        if wait is None or self.left <= 0 or wait > self.budget:
+            return None
+        self.left -= 1
+        self.budget -= wait
+        return wait
 
 
 def _check(r: httpx.Response) -> Any:
@@ -110,10 +163,10 @@ class Session(_SessionInfo):
         return labels_from_result(result)
 
     def info(self) -> dict[str, Any]:
-        return _check(self.client.http.get(f"/v1/sessions/{self.id}", headers=self._h))
+        return _check(self.client.request("GET", f"/v1/sessions/{self.id}", headers=self._h))
 
     def delete(self) -> None:
-        _check(self.client.http.delete(f"/v1/sessions/{self.id}", headers=self._h))
+        _check(self.client.request("DELETE", f"/v1/sessions/{self.id}", headers=self._h))
 
     def segment(self, frame: ImageLike) -> dict[str, Any]:
         """One frame over plain HTTP."""
@@ -190,12 +243,41 @@ def _job_finished(st: dict[str, Any], job_id: str, end: float, timeout: float) -
     return False
 
 
+def _job_ref(tokens: dict[str, str], created: dict[str, Any]) -> JobRef:
+    """POST /v1/jobs's answer as a JobRef; the client also remembers the token by job id."""
+    ref = JobRef(created["job_id"], created.get("token"))
+    if ref.token:
+        tokens[str(ref)] = ref.token
+    return ref
+
+
+def _job_h(tokens: dict[str, str], job_id: str, token: str | None) -> dict[str, str]:
+    """The job's token header: the one given, the JobRef's, or the one remembered (else none: 401)."""
+    tok = token or getattr(job_id, "token", None) or tokens.get(str(job_id))
+    return {"Authorization": f"Bearer {tok}"} if tok else {}
+
+
 class Client:
     """Sync SDK over one HTTP connection pool."""
 
-    def __init__(self, base_url: str = "http://localhost:8000", timeout: float = 300.0) -> None:
+    def __init__(self, base_url: str = "http://localhost:8000", timeout: float = 300.0,
+                 api_key: str | None = None, retries: int = 3, max_retry_wait_s: float = 30.0) -> None:
         self.base_url = base_url.rstrip("/")
-        self.http = httpx.Client(base_url=self.base_url, timeout=timeout)
+        self.retries, self.max_retry_wait_s = retries, max_retry_wait_s
+        self.http = httpx.Client(base_url=self.base_url, timeout=timeout,
+                                 headers={"X-API-Key": api_key} if api_key else None)
+        self.job_tokens: dict[str, str] = {}  # job id -> token, for jobs this client created
+
+    def request(self, method: str, url: str, retry: bool = True, **kw: Any) -> httpx.Response:
+        """One HTTP call; with `retry`, answers 503/429 with Retry-After are retried (bounded: _Retry).
+        Only for calls that are safe to repeat."""
+        policy = _Retry(self.retries if retry else 0, self.max_retry_wait_s)
+        while True:
+            r = self.http.request(method, url, **kw)
+            wait = policy.delay(r)
+            if wait is None:
+                return r
+            time.sleep(wait)
 
     def close(self) -> None:
         self.http.close()
@@ -226,18 +308,23 @@ class Client:
                        format: str = "png") -> Session:  # noqa: A002
         """New session from the first frame and a mask (label map) or boxes {id: (x, y, w, h)}."""
         files, data = _session_form(image, mask, boxes, crop_size=crop_size, model=model, format=format)
-        return Session(self, _check(self.http.post("/v1/sessions", files=files, data=data)))
+        return Session(self, _check(self.request("POST", "/v1/sessions", files=files, data=data)))
 
     def submit_video(self, video: str | Path | bytes, mask: ImageLike | None = None,
-                     boxes: dict | None = None, init_frame: int = 0, crop_size: str | None = None) -> str:
-        """Post a video job; returns the job id."""
+                     boxes: dict | None = None, init_frame: int = 0, crop_size: str | None = None) -> JobRef:
+        """Post a video job; returns the job id as a JobRef (a str with the job's `.token`)."""
         files, data = _session_form(b"", mask, boxes, init_frame=init_frame, crop_size=crop_size)
         files.pop("image")
         files["video"] = ("video", _bytes(video) if not isinstance(video, bytes) else video)
-        return _check(self.http.post("/v1/jobs", files=files, data=data))["job_id"]
+        return _job_ref(self.job_tokens, _check(self.request("POST", "/v1/jobs", files=files, data=data)))
 
-    def job(self, job_id: str) -> dict[str, Any]:
-        return _check(self.http.get(f"/v1/jobs/{job_id}"))
+    def job(self, job_id: str, token: str | None = None) -> dict[str, Any]:
+        """A job's status. The token: `token`, else the JobRef's, else the one this client was given."""
+        return _check(self.request("GET", f"/v1/jobs/{job_id}", headers=_job_h(self.job_tokens, job_id, token)))
+
+    def delete_job(self, job_id: str, token: str | None = None) -> None:
+        """Delete a job (record, input, results); a running job is cancelled."""
+        _check(self.request("DELETE", f"/v1/jobs/{job_id}", headers=_job_h(self.job_tokens, job_id, token)))
 
     def wait_job(self, job_id: str, progress: bool = True, poll_s: float = 0.5,
                  timeout: float = 3600.0) -> dict[str, Any]:
@@ -258,14 +345,20 @@ class Client:
     def download(self, job_id: str, dest: str | Path, format: str = "png") -> Path:  # noqa: A002
         """Save a job result: png (zip of PNGs), rle (JSON) or mp4 (overlay)."""
         dest = Path(dest)
-        with self.http.stream("GET", f"/v1/jobs/{job_id}/result", params={"format": format}) as r:
-            if r.status_code >= 400:
+        policy = _Retry(self.retries, self.max_retry_wait_s)
+        while True:
+            with self.http.stream("GET", f"/v1/jobs/{job_id}/result", params={"format": format},
+                                  headers=_job_h(self.job_tokens, job_id, None)) as r:
+                if r.status_code < 400:
+                    with open(dest, "wb") as f:
+                        for chunk in r.iter_bytes():
+                            f.write(chunk)
+                    return dest
                 r.read()
-                _check(r)
-            with open(dest, "wb") as f:
-                for chunk in r.iter_bytes():
-                    f.write(chunk)
-        return dest
+                wait = policy.delay(r)
+                if wait is None:
+                    _check(r)
+            time.sleep(wait or 0)
 
 
 # ============================================================================ asyncio
@@ -281,10 +374,10 @@ class AsyncSession(_SessionInfo):
     labels = staticmethod(Session.labels)
 
     async def info(self) -> dict[str, Any]:
-        return _check(await self.client.http.get(f"/v1/sessions/{self.id}", headers=self._h))
+        return _check(await self.client.request("GET", f"/v1/sessions/{self.id}", headers=self._h))
 
     async def delete(self) -> None:
-        _check(await self.client.http.delete(f"/v1/sessions/{self.id}", headers=self._h))
+        _check(await self.client.request("DELETE", f"/v1/sessions/{self.id}", headers=self._h))
 
     async def segment(self, frame: ImageLike) -> dict[str, Any]:
         return _check(await self.client.http.post(f"/v1/sessions/{self.id}/frames", headers=self._h,
@@ -332,9 +425,23 @@ class AsyncSession(_SessionInfo):
 class AsyncClient:
     """asyncio SDK."""
 
-    def __init__(self, base_url: str = "http://localhost:8000", timeout: float = 300.0) -> None:
+    def __init__(self, base_url: str = "http://localhost:8000", timeout: float = 300.0,
+                 api_key: str | None = None, retries: int = 3, max_retry_wait_s: float = 30.0) -> None:
         self.base_url = base_url.rstrip("/")
-        self.http = httpx.AsyncClient(base_url=self.base_url, timeout=timeout)
+        self.retries, self.max_retry_wait_s = retries, max_retry_wait_s
+        self.http = httpx.AsyncClient(base_url=self.base_url, timeout=timeout,
+                                      headers={"X-API-Key": api_key} if api_key else None)
+        self.job_tokens: dict[str, str] = {}
+
+    async def request(self, method: str, url: str, retry: bool = True, **kw: Any) -> httpx.Response:
+        """As Client.request (bounded retries of 503/429 with Retry-After), asyncio."""
+        policy = _Retry(self.retries if retry else 0, self.max_retry_wait_s)
+        while True:
+            r = await self.http.request(method, url, **kw)
+            wait = policy.delay(r)
+            if wait is None:
+                return r
+            await asyncio.sleep(wait)
 
     async def aclose(self) -> None:
         await self.http.aclose()
@@ -349,18 +456,22 @@ class AsyncClient:
                              crop_size: str | None = None, model: str | None = None,
                              format: str = "png") -> AsyncSession:  # noqa: A002
         files, data = _session_form(image, mask, boxes, crop_size=crop_size, model=model, format=format)
-        return AsyncSession(self, _check(await self.http.post("/v1/sessions", files=files, data=data)))
+        return AsyncSession(self, _check(await self.request("POST", "/v1/sessions", files=files, data=data)))
 
     async def submit_video(self, video: str | Path | bytes, mask: ImageLike | None = None,
                            boxes: dict | None = None, init_frame: int = 0,
-                           crop_size: str | None = None) -> str:
+                           crop_size: str | None = None) -> JobRef:
         files, data = _session_form(b"", mask, boxes, init_frame=init_frame, crop_size=crop_size)
         files.pop("image")
         files["video"] = ("video", _bytes(video) if not isinstance(video, bytes) else video)
-        return _check(await self.http.post("/v1/jobs", files=files, data=data))["job_id"]
+        return _job_ref(self.job_tokens, _check(await self.request("POST", "/v1/jobs", files=files, data=data)))
 
-    async def job(self, job_id: str) -> dict[str, Any]:
-        return _check(await self.http.get(f"/v1/jobs/{job_id}"))
+    async def job(self, job_id: str, token: str | None = None) -> dict[str, Any]:
+        return _check(await self.request("GET", f"/v1/jobs/{job_id}",
+                                         headers=_job_h(self.job_tokens, job_id, token)))
+
+    async def delete_job(self, job_id: str, token: str | None = None) -> None:
+        _check(await self.request("DELETE", f"/v1/jobs/{job_id}", headers=_job_h(self.job_tokens, job_id, token)))
 
     async def wait_job(self, job_id: str, poll_s: float = 0.5, timeout: float = 3600.0) -> dict[str, Any]:
         import asyncio
@@ -375,11 +486,17 @@ class AsyncClient:
     async def download(self, job_id: str, dest: str | Path, format: str = "png") -> Path:  # noqa: A002
         """Save a job result: png (zip of PNGs), rle (JSON) or mp4 (overlay)."""
         dest = Path(dest)
-        async with self.http.stream("GET", f"/v1/jobs/{job_id}/result", params={"format": format}) as r:
-            if r.status_code >= 400:
+        policy = _Retry(self.retries, self.max_retry_wait_s)
+        while True:
+            async with self.http.stream("GET", f"/v1/jobs/{job_id}/result", params={"format": format},
+                                        headers=_job_h(self.job_tokens, job_id, None)) as r:
+                if r.status_code < 400:
+                    with open(dest, "wb") as f:
+                        async for chunk in r.aiter_bytes():
+                            f.write(chunk)
+                    return dest
                 await r.aread()
-                _check(r)
-            with open(dest, "wb") as f:
-                async for chunk in r.aiter_bytes():
-                    f.write(chunk)
-        return dest
+                wait = policy.delay(r)
+                if wait is None:
+                    _check(r)
+            await asyncio.sleep(wait or 0)

@@ -69,6 +69,8 @@ class JobCreated(BaseModel):
     """Answer to POST /v1/jobs (202)."""
 
     job_id: str
+    token: str = Field(description="job secret for status, result and DELETE: Bearer header, "
+                       "X-Session-Token or ?token=")
     state: str
     status_url: str
 
@@ -130,3 +132,5 @@ class ServiceInfo(BaseModel):
     limits: Limits
     palette: list[list[int]] = Field(description="256 RGB colours: object id -> colour (the DAVIS palette "
                                      "of every label PNG)")
+    api_key_required: bool = Field(False, description="calls under /v1 need an X-API-Key header "
+                                   "(LWL_API_KEYS is set)")

@@ -6,7 +6,7 @@ import os
 import socket
 from functools import lru_cache
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -43,11 +43,43 @@ class Settings(BaseSettings):
     max_batch: int = Field(8, ge=1)  # frames of different sessions a worker steps together at most
     web_ui: bool = True  # the web page at / (service/web/)
     web_frame_ancestors: str = "self"  # CSP frame-ancestors of the page: who may embed it (self, none, origins)
+    max_objects: int = Field(32, ge=1, le=254)  # objects per session (and per video job)
+    max_crop_pixels: int = Field(0, ge=0)  # crop H*W a client may ask for; 0 = 4x the model's default crop
+    max_session_state_mb: float = Field(1024, gt=0)  # tracker memory of one session at a full few-shot memory
+    worker_state_mb: float = Field(8192, gt=0)  # tracker memory of all sessions of one worker (admission)
+    # Access control and job retention (docs/API.md "Access control", "Video jobs").
+    api_keys: str = ""  # name:sha256:<hex> or name:<key>, comma/space separated; empty = no key needed
+    max_sessions_per_key: int = Field(16, ge=0)  # live sessions one API key may hold (0 = no limit)
+    max_jobs_per_key: int = Field(32, ge=0)  # queued + running jobs of one API key (0 = no limit)
+    job_retention_h: float = Field(24, gt=0)  # hours a finished/failed job's record and files are kept
+
+    @field_validator("api_keys")
+    @classmethod
+    def _hash_api_keys(cls, v: str) -> str:
+        """Plain keys are hashed as the settings load, so the settings never hold one."""
+        from service.access import normalize_api_keys
+
+        return normalize_api_keys(v)
+
+    @property
+    def api_key_hashes(self) -> dict[str, str]:
+        """{key name: sha256 hex} of LWL_API_KEYS (empty = keys off)."""
+        from service.access import parse_api_keys
+
+        return parse_api_keys(self.api_keys)
 
     @property
     def max_upload_bytes(self) -> int:
         """Upload limit in bytes."""
         return int(self.max_upload_mb * 1024 * 1024)
+
+    @property
+    def max_session_state_bytes(self) -> int:
+        return int(self.max_session_state_mb * 2**20)
+
+    @property
+    def worker_state_bytes(self) -> int:
+        return int(self.worker_state_mb * 2**20)
 
     @property
     def cors_list(self) -> list[str]:

@@ -21,22 +21,25 @@ import logging
 import threading
 import time
 import zipfile
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
 from model.errors import InputError
 from model.tracker import step_many
+from service import jobs as jobfiles
 from service import obs
-from service.backends import Answer, Commit, Input, MemoryBackend, RedisBackend, id_order
+from service.backends import STORE_ERRORS, Answer, Commit, Input, MemoryBackend, RedisBackend, id_order
 from service.codec import b64, binary_png, frame_bytes, pack, parse_frame_bytes, rle_encode, unpack
 from service.settings import Settings, parse_crop
 
 log = logging.getLogger("lwl.worker")
+T = TypeVar("T")
 
 
 class OpError(Exception):
@@ -88,11 +91,18 @@ def _error_message(e: Exception, sid: str, op: str) -> dict[str, Any]:
     """An op's or frame's failure as the error message a client gets (and the metric it counts in)."""
     if isinstance(e, OpError):
         out = {"type": "error", "status": e.status, "code": e.code, "detail": e.detail}
+    elif isinstance(e, MemoryError) or "out of memory" in str(e).lower() or "can't allocate" in str(e):
+        log.error("op ran out of memory", exc_info=e, extra={"session_id": sid, "op": op})
+        out = {"type": "error", "status": 503, "code": "out_of_memory", "detail": "the worker ran out of memory "
+               "for this request; retry later or with fewer objects, smaller frames or a smaller crop"}
     elif isinstance(e, InputError):
         out = {"type": "error", "status": 400, "code": "bad_input", "detail": str(e)}
+    elif isinstance(e, STORE_ERRORS):
+        out = {"type": "error", "status": 503, "code": "store_down",
+               "detail": "the store (Redis) is unavailable; retry shortly"}
     else:
         log.error("op failed", exc_info=e, extra={"session_id": sid, "op": op})
-        out = {"type": "error", "status": 500, "code": "internal", "detail": repr(e)}
+        out = {"type": "error", "status": 500, "code": "internal", "detail": "internal error (logged by the worker)"}
     obs.ERRORS.labels(out["code"]).inc()
     return out
 
@@ -140,6 +150,8 @@ class Worker:
         self.running_jobs = 0
         self.tasks: list[asyncio.Task] = []
         self.work_task: asyncio.Task | None = None
+        self.receiving = False  # the work loop waits in its blocking read (safe to cancel there)
+        self.store_down_since: float | None = None  # monotonic time of the first failure of an outage
         self.last_id = "0"
         self.started = time.time()
         self.device = "cpu"
@@ -150,7 +162,7 @@ class Worker:
         if self.model is None:
             self.model = await asyncio.get_running_loop().run_in_executor(self.compute, self._load_model)
         self.device = str(getattr(self.model, "device", "cpu"))
-        await self.b.drop_work(self.id)
+        await self._retry("start", lambda: self.b.drop_work(self.id))  # waits for the store if it is down
         await self._heartbeat_once()
         self.work_task = asyncio.create_task(self._work_loop())
         self.tasks.append(self.work_task)
@@ -169,20 +181,65 @@ class Worker:
         return load_model(weights=self.s.weights or None, device=dev)
 
     async def drain(self) -> None:
-        """SIGTERM: stop taking sessions/jobs, let clients finish (bounded), snapshot, leave the registry."""
+        """SIGTERM: stop taking sessions and jobs, finish the frames or op at hand, hand every held session
+        over to another worker at once (idle ones included: waiting for sessions to end would hold a
+        rolling deploy for their whole life), wait for a running job (at most LWL_DRAIN_TIMEOUT_S), stop."""
         if self.draining:
             return
-        self.draining = True
+        self.draining = True  # the heartbeat says so (no new sessions) and the work loop ends
+        t0 = time.monotonic()
         log.info("draining", extra={"worker_id": self.id, "sessions": len(self.sessions)})
         await self._heartbeat_once()
+        if self.work_task is not None:
+            if self.receiving:  # waiting for input, nothing half done: no need to wait for the read
+                self.work_task.cancel()
+            with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError, Exception):
+                await asyncio.wait_for(asyncio.shield(self.work_task), self.s.drain_timeout_s)
+        handed = await self._hand_over()
         deadline = time.monotonic() + self.s.drain_timeout_s
-        while (self.sessions or self.running_jobs) and time.monotonic() < deadline:
+        while self.running_jobs and time.monotonic() < deadline:
             await asyncio.sleep(0.2)
         await self.stop()
+        log.info("drained", extra={"worker_id": self.id, "handed_over": handed,
+                                   "seconds": round(time.monotonic() - t0, 3)})
+
+    async def _hand_over(self) -> int:
+        """Give each held session to the live worker with the most room: snapshot it, name that worker in
+        the session in the same fenced write (with when and why, for lwl_failover_seconds), then `adopt`
+        has it restored now. Its frames stream after the snapshot is the replay log, so frames sent
+        meanwhile are answered there. With no other worker (or the store down) sessions stay here and
+        stop() snapshots them; the api moves them once this worker has left the registry."""
+        if not self.sessions:
+            return 0
+        try:
+            live = [w for w in await self.b.live_workers() if w.get("id") != self.id and not w.get("draining")]
+        except STORE_ERRORS:
+            return 0
+        if not live:
+            return 0
+        since, n = f"{time.time():.3f}", 0
+        for sid in list(self.sessions):
+            target = max(live, key=lambda w: int(w.get("free", 0)))
+            hs = self.sessions[sid]
+            snap = await self._run(self._take_snapshot, hs)
+            commit = self._commit(sid, hs, [], snap, worker=target["id"], moved_since=since, moved_cause="drain")
+            try:
+                moved = await self.b.commit(commit)
+                self.sessions.pop(sid, None)  # handed over, or no longer this worker's
+                if moved:
+                    target["free"] = int(target.get("free", 0)) - 1
+                    await self.b.send_work(target["id"], *pack({"op": "adopt", "sid": sid}))
+                    n += 1
+            except STORE_ERRORS:
+                continue  # stop() snapshots it if the store comes back in time
+            log.info("session handed over", extra={"session_id": sid, "worker_id": self.id, "to": target["id"]})
+        return n
 
     async def stop(self) -> None:
         """Finish the op at hand, snapshot held sessions (so another worker can resume them) and stop."""
         self.stopping = True
+        if self.work_task is not None and self.receiving:
+            self.work_task.cancel()
         if self.work_task is not None:  # the work loop ends after its current op: no frame half recorded
             with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError, Exception):
                 await asyncio.wait_for(asyncio.shield(self.work_task), 10)
@@ -214,22 +271,70 @@ class Worker:
             "box_init": bool(getattr(self.model, "has_box_encoder", False)),
             "crop_size": "x".join(str(v) for v in getattr(self.model, "default_crop_size", ())),
             "jobs_running": self.running_jobs, "started": self.started, "ts": time.time(),
+            "state_bytes": self.held_state_bytes(), "state_budget_bytes": self.s.worker_state_bytes,
+            "max_crop_pixels": self.max_crop_pixels, "max_objects": self.s.max_objects,
         }
 
-    async def _heartbeat_once(self) -> None:
+    async def _heartbeat_once(self) -> bool:
+        """One beat; it also puts the worker back in the registry after the store lost its data.
+        False when the store is down (never raises for that: callers go on)."""
         info = self.info()
-        await self.b.heartbeat(self.id, info, ttl_s=3 * self.s.heartbeat_s)
         obs.ACTIVE_SESSIONS.set(info["sessions"])
         obs.DEVICE_MEMORY.set(info["memory_bytes"])
+        try:
+            await self.b.heartbeat(self.id, info, ttl_s=3 * self.s.heartbeat_s)
+        except STORE_ERRORS:
+            self._store_failed("heartbeat")
+            return False
+        return True
 
     async def _heartbeat_loop(self) -> None:
         while True:
             try:
-                await self._heartbeat_once()
-            except Exception:  # noqa: BLE001 - keep beating through transient Redis errors
+                outage = self.store_down_since is not None
+                if await self._heartbeat_once() and outage:
+                    await self._store_back()
+            except Exception:  # noqa: BLE001 - the heartbeat never stops
                 obs.ERRORS.labels("heartbeat").inc()
                 log.exception("heartbeat failed", extra={"worker_id": self.id})
             await asyncio.sleep(self.s.heartbeat_s)
+
+    def _store_failed(self, what: str) -> None:
+        """Count a store failure; log the first of an outage only (the loops retry quietly)."""
+        obs.ERRORS.labels("store_down").inc()
+        if self.store_down_since is None:
+            self.store_down_since = time.monotonic()
+            log.warning("store unavailable, retrying", extra={"worker_id": self.id, "during": what})
+
+    async def _store_back(self) -> None:
+        """After an outage the store may have restarted empty: sessions it lost (or that name another
+        worker now) are dropped, so their slots are free again and nothing reads their streams."""
+        down = time.monotonic() - (self.store_down_since or time.monotonic())
+        lost = 0
+        for sid in list(self.sessions):
+            meta = await self.b.get_session(sid)
+            if meta is None or meta.get("worker") != self.id:
+                self._lost(sid)
+                lost += 1
+        self.store_down_since = None
+        log.warning("store back", extra={"worker_id": self.id, "down_s": round(down, 1), "sessions_lost": lost,
+                                         "sessions": len(self.sessions)})
+        if lost:
+            await self._heartbeat_once()
+
+    async def _retry(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
+        """A store call the worker must not skip (a result, a snapshot, a job's state): retried with
+        backoff while the store is down or restarting, so no answer is lost. Raises once stopping."""
+        delay = 0.1
+        while True:
+            try:
+                return await call()
+            except STORE_ERRORS:
+                if self.stopping:
+                    raise
+                self._store_failed(what)
+                await asyncio.sleep(delay)
+                delay = min(2.0, delay * 2)
 
     async def _evict_loop(self) -> None:
         while True:
@@ -237,7 +342,10 @@ class Worker:
             now = time.monotonic()
             for sid, hs in list(self.sessions.items()):
                 if now - hs.last_active > self.s.session_ttl_s:
-                    await self._forget(sid, reason="ttl")
+                    try:
+                        await self._forget(sid, reason="ttl")
+                    except STORE_ERRORS:  # the tracker is gone; its keys expire on their own
+                        self._store_failed("evict")
 
     async def _forget(self, sid: str, reason: str) -> None:
         """Drop a session's tracker and all its stored data."""
@@ -249,17 +357,25 @@ class Worker:
 
     # ------------------------------------------------------------------ work loop
     async def _work_loop(self) -> None:
-        while not self.stopping:
+        """Read, handle, repeat until stopping or draining. Nothing ends it: a store error backs off and
+        retries (results are retried where they are written), any other error is logged."""
+        while not (self.stopping or self.draining):
             try:
-                batch = await self._receive()
+                self.receiving = True
+                try:
+                    batch = await self._receive()
+                finally:
+                    self.receiving = False
+                await self._handle_batch(batch)
             except asyncio.CancelledError:
                 raise
-            except Exception:  # noqa: BLE001
-                obs.ERRORS.labels("broker").inc()
-                log.exception("reading work failed", extra={"worker_id": self.id})
+            except STORE_ERRORS:
+                self._store_failed("work")
                 await asyncio.sleep(0.5)
-                continue
-            await self._handle_batch(batch)
+            except Exception:  # noqa: BLE001 - one bad read or op must not end the loop
+                obs.ERRORS.labels("worker").inc()
+                log.exception("work loop error", extra={"worker_id": self.id})
+                await asyncio.sleep(0.5)
 
     async def _receive(self) -> list[Input]:
         """Ops on this worker's work stream and frames of the sessions it holds: one blocking read."""
@@ -273,7 +389,7 @@ class Worker:
         ops = 0
         group: dict[str, tuple[HeldSession, str, dict[str, Any], list[bytes]]] = {}
         for i, m in enumerate(batch):
-            if self.stopping:
+            if self.stopping or self.draining:  # what is left stays in the streams for the next owner
                 break
             obs.QUEUE_DEPTH.set(len(batch) - i)
             if not m.sid:
@@ -311,7 +427,8 @@ class Worker:
         outs = await self._run(self._compute_frames, [(hs, eid, int(h["seq"]), blobs[0], h.get("fmt", "png"))
                                                       for _, hs, eid, h, blobs in todo])
         for (sid, hs, _, h, _), (out, snap) in zip(todo, outs, strict=True):
-            await self._publish_frame(sid, hs, self._answer(out, sid, int(h["seq"]), h.get("req", "")), snap)
+            await self._publish_frame(sid, hs, self._answer(out, sid, int(h["seq"]), h.get("req", ""), h.get("id")),
+                                      snap)
 
     def _compute_frames(self, work: list[tuple[HeldSession, str, int, bytes, str]]
                         ) -> list[tuple[dict[str, Any], bytes | None]]:
@@ -362,7 +479,7 @@ class Worker:
             hs.frame_id = eid
             return
         out, snap = await self._run(self._compute_frame, hs, eid, seq, blobs[0], h.get("fmt", "png"), True)
-        await self._publish_frame(sid, hs, self._answer(out, sid, seq, req), snap)
+        await self._publish_frame(sid, hs, self._answer(out, sid, seq, req, h.get("id")), snap)
 
     def _compute_frame(self, hs: HeldSession, eid: str, seq: int, image: bytes, fmt: str,
                        may_snapshot: bool) -> tuple[dict[str, Any], bytes | None]:
@@ -410,18 +527,23 @@ class Worker:
         hs.frames_since_snapshot = 0
         return hs.snapshot()
 
-    def _answer(self, out: dict[str, Any], sid: str, seq: int | None, req: str | None) -> Answer:
-        """The message's final JSON text, written once: the api relays these bytes."""
+    def _answer(self, out: dict[str, Any], sid: str, seq: int | None, req: str | None, cid: Any = None) -> Answer:
+        """The message's final JSON text, written once: the api relays these bytes. `cid`: the id a
+        WebSocket client gave the frame, kept in the frame's header so a resumed stream still has it."""
         out.setdefault("session_id", sid)
         out["worker_id"] = self.id
         if seq:
             out["seq"] = seq
+        if cid is not None:
+            out["id"] = cid
         body = json.dumps(out, separators=(",", ":")).encode()
         return Answer(body, str(out.get("type", "")), int(seq or 0), req or "")
 
     async def _publish_frame(self, sid: str, hs: HeldSession, answer: Answer, snap: bytes | None) -> None:
-        """The frame's one write: result (or reply), session touch, snapshot when due."""
-        if not await self.b.commit(self._commit(sid, hs, [answer], snap)):
+        """The frame's one write: result (or reply), session touch, snapshot when due (retried while the
+        store is down: a retry that writes the result twice is harmless, the relay forwards a seq once)."""
+        commit = self._commit(sid, hs, [answer], snap)
+        if not await self._retry("result", lambda: self.b.commit(commit)):
             self._lost(sid)
 
     def _commit(self, sid: str, hs: HeldSession, answers: list[Answer], snap: bytes | None = None,
@@ -448,14 +570,14 @@ class Worker:
             return
         answer = self._answer(out, sid, h.get("seq"), req)
         if commit is None:
-            await self.b.deliver(sid, [answer])
+            await self._retry("reply", lambda: self.b.deliver(sid, [answer]))
             return
         commit.answers.append(answer)
-        if not await self.b.commit(commit):  # the answer went nowhere: say why instead
+        if not await self._retry("reply", lambda: self.b.commit(commit)):  # the answer went nowhere: say why
             self._lost(sid)
             err = {"type": "error", "status": 503, "code": "worker_lost",
                    "detail": f"session {sid} moved to another worker or expired; retry"}
-            await self.b.deliver(sid, [self._answer(err, sid, h.get("seq"), req)])
+            await self._retry("reply", lambda: self.b.deliver(sid, [self._answer(err, sid, h.get("seq"), req)]))
 
     async def _run(self, fn: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self.compute, fn, *args)
@@ -470,10 +592,12 @@ class Worker:
         snap = await self.b.get_snapshot(sid)
         if meta is None or snap is None:
             raise OpError(404, "unknown_session", f"unknown session {sid} (deleted or expired)")
-        return await self._restore(sid, snap)
+        return await self._restore(sid, snap, meta)
 
-    async def _restore(self, sid: str, snap: bytes) -> HeldSession:
-        """Snapshot, then the frames after it (the replay log); results the client has not seen go out."""
+    async def _restore(self, sid: str, snap: bytes, meta: dict[str, str] | None = None) -> HeldSession:
+        """Snapshot, then the frames after it (the replay log); results the client has not seen go out.
+        A session moved here (its worker died or drained) counts in lwl_failover_seconds: from the old
+        worker's last heartbeat (or its hand-over) to this commit, after which the session is served."""
         sh, sblobs = parse_frame_bytes(snap)
         tracker = await self._run(self.model.restore_tracker, sblobs[0])
         hs = HeldSession(tracker=tracker, last_seq=int(sh["seq"]), recent=list(sh.get("recent", [])),
@@ -490,19 +614,26 @@ class Worker:
             out, _ = await self._run(self._compute_frame, hs, eid, seq, blobs[0], h.get("fmt", "png"), False)
             replayed += 1
             if seq > published or h.get("req"):
-                answers.append(self._answer(out, sid, seq, h.get("req")))
+                answers.append(self._answer(out, sid, seq, h.get("req"), h.get("id")))
         self.sessions[sid] = hs
-        if not await self.b.commit(self._commit(sid, hs, answers, state="active")):
+        moved = float((meta or {}).get("moved_since") or 0)
+        commit = self._commit(sid, hs, answers, state="active", **({"moved_since": ""} if moved else {}))
+        if not await self._retry("restore", lambda: self.b.commit(commit)):
             self._lost(sid)
             raise OpError(503, "worker_lost", f"session {sid} moved to another worker or expired; retry")
-        log.info("session restored", extra={"session_id": sid, "worker_id": self.id, "replayed": replayed})
+        if moved:  # wall clocks of two hosts: clamped, NTP keeps them close
+            cause = (meta or {}).get("moved_cause") or "worker_died"
+            obs.FAILOVER.labels(cause).observe(max(0.0, time.time() - moved))
+        log.info("session restored", extra={"session_id": sid, "worker_id": self.id, "replayed": replayed,
+                                            "failover_s": round(time.time() - moved, 3) if moved else None})
         await self._heartbeat_once()
         return hs
 
     async def _snapshot(self, sid: str) -> None:
         hs = self.sessions[sid]
         snap = await self._run(self._take_snapshot, hs)
-        await self.b.commit(self._commit(sid, hs, [], snap))
+        commit = self._commit(sid, hs, [], snap)
+        await self._retry("snapshot", lambda: self.b.commit(commit))
 
     @staticmethod
     def _objects_args(h: dict[str, Any], blobs: list[bytes]) -> tuple[np.ndarray | None, dict | None]:
@@ -520,12 +651,14 @@ class Worker:
         if h.get("model") and h["model"] != self.model.name:
             raise OpError(400, "unknown_model", f"model {h['model']!r} is not served here "
                           f"(this worker serves {self.model.name!r})")
-        crop = parse_crop(h.get("crop_size")) or self.s.crop_tuple()
+        crop = self._crop(h.get("crop_size"))
         fmt = h.get("fmt", "png")
 
         def create() -> tuple[HeldSession, dict[str, Any], bytes]:
             frame = self._decode(blobs[0])
             mask, boxes = self._objects_args(h, blobs)
+            ids = set(np.unique(mask).tolist()) - {0, 255} if mask is not None else set()
+            self._admit(frame.shape[:2], len(ids | set(boxes or {})), crop)  # before any model work
             tracker = self.model.new_tracker(crop_size=crop)
             res, ms = _timed_model(lambda: tracker.step(frame, mask=mask, boxes=boxes))
             obs.FRAMES.inc()
@@ -537,6 +670,50 @@ class Worker:
         log.info("session created", extra={"session_id": sid, "worker_id": self.id})
         await self._heartbeat_once()
         return out, self._commit(sid, hs, [], snap, worker=self.id, state="active")
+
+    def _crop(self, text: str | None) -> tuple[int, int] | None:
+        """The session's crop: the client's (within LWL_MAX_CROP_PIXELS), the deployment's or the model's."""
+        try:
+            crop = parse_crop(text) or self.s.crop_tuple()
+        except ValueError as e:
+            raise OpError(400, "bad_crop_size", str(e)) from None
+        if crop is not None and crop[0] * crop[1] > self.max_crop_pixels:
+            raise OpError(400, "crop_too_large", f"crop {crop[0]}x{crop[1]} has more than "
+                          f"{self.max_crop_pixels} pixels (LWL_MAX_CROP_PIXELS)")
+        return crop
+
+    @property
+    def max_crop_pixels(self) -> int:
+        """LWL_MAX_CROP_PIXELS, or by default 4x the model's own crop area."""
+        default = getattr(self.model, "default_crop_size", (480, 832))
+        return self.s.max_crop_pixels or 4 * default[0] * default[1]
+
+    def _state_bytes(self, frame_hw: tuple[int, int], n_objects: int, crop: tuple[int, int] | None) -> int:
+        """What a session of this size holds once its few-shot memory is full (the model's own bound)."""
+        estimate = getattr(self.model, "state_bytes", None)
+        return int(estimate(tuple(frame_hw), n_objects, crop)) if estimate else 0
+
+    def held_state_bytes(self, skip: str = "") -> int:
+        """The state bound of every session held here (but `skip`)."""
+        return sum(self._state_bytes(hs.tracker.frame_hw or (0, 0), len(hs.tracker.object_ids), hs.tracker.crop_hw)
+                   for sid, hs in list(self.sessions.items()) if sid != skip)
+
+    def _admit(self, frame_hw: tuple[int, int], n_objects: int, crop: tuple[int, int] | None,
+               sid: str = "") -> None:
+        """Admission control before any model work: at most LWL_MAX_OBJECTS objects, the session within
+        LWL_MAX_SESSION_STATE_MB and this worker within LWL_WORKER_STATE_MB (else 503: the api tries another
+        worker, then answers no_capacity with Retry-After)."""
+        if n_objects > self.s.max_objects:
+            raise OpError(400, "too_many_objects", f"{n_objects} objects: a session holds at most "
+                          f"LWL_MAX_OBJECTS={self.s.max_objects}")
+        need = self._state_bytes(frame_hw, n_objects, crop)
+        if need > self.s.max_session_state_bytes:
+            raise OpError(413, "session_too_large", f"{n_objects} objects on {frame_hw[1]}x{frame_hw[0]} frames "
+                          f"need {need / 2**20:.0f} MB of tracker memory, more than "
+                          f"LWL_MAX_SESSION_STATE_MB={self.s.max_session_state_mb:g}")
+        if need + self.held_state_bytes(skip=sid) > self.s.worker_state_bytes:
+            raise OpError(503, "worker_full", f"worker {self.id} has no room for {need / 2**20:.0f} MB more "
+                          "tracker memory")
 
     async def _control(self, h: dict[str, Any], call: Any) -> Done:
         """add/correct/remove: the call on the tracker, then a snapshot (the replay log holds frames only)."""
@@ -557,6 +734,9 @@ class Worker:
     async def _op_add(self, h: dict[str, Any], blobs: list[bytes]) -> Done:
         mask, boxes = self._objects_args(h, [b""] + blobs)
         fmt = h.get("fmt", "png")
+        tr = (await self._held(h["sid"])).tracker
+        new = (set(np.unique(mask).tolist()) - {0, 255} if mask is not None else set()) | set(boxes or {})
+        self._admit(tr.frame_hw or (0, 0), len(set(tr.object_ids) | new), tr.crop_hw, sid=h["sid"])
         return await self._control(h, lambda tr: self._result_of(lambda: tr.add_objects(mask=mask, boxes=boxes),
                                                                  fmt))
 
@@ -607,39 +787,71 @@ class Worker:
             entry, jid = got
             self.running_jobs += 1
             try:
-                await self._run_job(jid)
+                await self._run_job_surviving(jid)
             finally:
                 self.running_jobs -= 1
-                await self.b.ack_job(entry)
+            with contextlib.suppress(*STORE_ERRORS):  # raises only when stopping: then it is taken over
+                await self._retry("job", lambda e=entry: self.b.ack_job(e))
+
+    async def _run_job_surviving(self, jid: str) -> None:
+        """_run_job; the store failing under it (Redis restarting) runs it again once the store answers
+        (a job writes .part files and renames them when done, so a rerun is safe). Nothing ends the loop."""
+        while True:
+            try:
+                return await self._run_job(jid)
+            except asyncio.CancelledError:
+                raise
+            except STORE_ERRORS:
+                if self.stopping:
+                    return
+                self._store_failed("job")
+                await asyncio.sleep(1.0)
+            except Exception:  # noqa: BLE001
+                log.exception("job loop error", extra={"job_id": jid, "worker_id": self.id})
+                return
 
     async def _run_job(self, jid: str) -> None:
         rec = await self.b.get_job(jid)
         if rec is None:
             return
         loop = asyncio.get_running_loop()
-        await self.b.update_job(jid, {"state": "running", "worker": self.id, "updated": f"{time.time():.3f}"})
+        d = Path(self.s.results_dir) / "jobs" / jid
+        if not await self.b.update_job(jid, {"state": "running", "worker": self.id,
+                                             "updated": f"{time.time():.3f}"}):
+            return  # deleted while queued
         log.info("job started", extra={"job_id": jid, "worker_id": self.id})
 
         def progress(done: int) -> None:
+            """Every few frames: progress into the record; a record that is gone (DELETE) cancels the job."""
             total = int(rec.get("frames_total") or 0)
             fields = {"frames_done": str(done), "updated": f"{time.time():.3f}"}
             if total:
                 fields["progress"] = f"{min(1.0, done / total):.4f}"
-            asyncio.run_coroutine_threadsafe(self.b.update_job(jid, fields), loop).result()
+            if not asyncio.run_coroutine_threadsafe(self.b.update_job(jid, fields), loop).result():
+                raise jobfiles.JobCancelled(jid)
 
         try:
             n = await loop.run_in_executor(self.job_pool, self._job_body, jid, rec, progress)
-            await self.b.update_job(jid, {"state": "done", "progress": "1", "frames_done": str(n),
-                                          "frames_total": str(n), "updated": f"{time.time():.3f}"})
+            if not await self.b.update_job(jid, {"state": "done", "progress": "1", "frames_done": str(n),
+                                                 "frames_total": str(n), "updated": f"{time.time():.3f}"}):
+                raise jobfiles.JobCancelled(jid)  # deleted during its last frames: keep no results
+            await asyncio.to_thread(jobfiles.drop_inputs, d)
             log.info("job done", extra={"job_id": jid, "worker_id": self.id, "frames": n})
+        except jobfiles.JobCancelled:
+            await asyncio.to_thread(jobfiles.remove_job_files, d)
+            log.info("job cancelled (deleted)", extra={"job_id": jid, "worker_id": self.id})
         except InputError as e:
-            await self.b.update_job(jid, {"state": "failed", "error": str(e),
+            await self.b.update_job(jid, {"state": "failed", "error": jobfiles.scrub_paths(str(e), d),
                                           "updated": f"{time.time():.3f}"})
+            await asyncio.to_thread(jobfiles.drop_inputs, d)
             obs.ERRORS.labels("job_input").inc()
         except Exception as e:  # noqa: BLE001
             log.exception("job failed", extra={"job_id": jid, "worker_id": self.id})
-            await self.b.update_job(jid, {"state": "failed", "error": f"internal error: {e!r}",
-                                          "updated": f"{time.time():.3f}"})
+            if await self.b.update_job(jid, {"state": "failed", "updated": f"{time.time():.3f}",
+                                             "error": jobfiles.scrub_paths(f"internal error: {e!r}", d)}):
+                await asyncio.to_thread(jobfiles.drop_inputs, d)
+            else:  # deleted meanwhile (its files vanished under the job): leave nothing behind
+                await asyncio.to_thread(jobfiles.remove_job_files, d)
             obs.ERRORS.labels("job_internal").inc()
 
     def _job_body(self, jid: str, rec: dict[str, str], progress: Any) -> int:
@@ -652,7 +864,14 @@ class Worker:
         init = int(rec.get("init_frame") or 0)
         mask = read_label_png((d / "mask.png").read_bytes()) if (d / "mask.png").exists() else None
         boxes = {int(k): tuple(v) for k, v in json.loads(rec.get("boxes") or "{}").items()} or None
-        crop = parse_crop(rec.get("crop_size")) or self.s.crop_tuple()
+        try:  # the same limits as a session, before any model work
+            crop = self._crop(rec.get("crop_size"))
+            ids = set(np.unique(mask).tolist()) - {0, 255} if mask is not None else set()
+            if len(ids | set(boxes or {})) > self.s.max_objects:
+                raise OpError(400, "too_many_objects", f"{len(ids | set(boxes or {}))} objects: a job tracks at "
+                              f"most LWL_MAX_OBJECTS={self.s.max_objects}")
+        except OpError as e:
+            raise InputError(e.detail) from None
         overlay = OverlayWriter(d / "overlay.mp4.part", fps=float(rec.get("fps") or 25.0))
         frames_rle: list[dict[str, Any]] = []
         n = 0

@@ -73,6 +73,11 @@ def test_video_job_survives_api_restart(cluster_factory, weights, tmp_path) -> N
     # results come from the volume and Redis, not from the api's memory
     rc = c.redis_client()
     assert rc.hget(f"{c.prefix}:job:{jid}", "state") == "done"
-    r = client.http.get(f"/v1/jobs/{jid}/result", params={"format": "png"})
+    # a plain download link: the job token in the query, no header (the new client never saw the token)
+    assert client.http.get(f"/v1/jobs/{jid}/result", params={"format": "png"}).status_code == 401
+    r = client.http.get(f"/v1/jobs/{jid}/result", params={"format": "png", "token": jid.token})
     assert zipfile.ZipFile(io.BytesIO(r.content)).namelist()
+    # the input video went when the job was done; the results stay (until LWL_JOB_RETENTION_H)
+    assert sorted(p.name for p in (tmp_path / "results" / "jobs" / jid).iterdir()) == [
+        "masks.zip", "overlay.mp4", "rle.json"]
     assert client.http.get("/v1/jobs/nope").status_code == 404
