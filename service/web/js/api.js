@@ -1,6 +1,8 @@
 // The documented REST + WebSocket API (docs/API.md), and nothing else: the page is its reference client.
 // The session token lives in memory only: REST calls send it as a header, the WebSocket as its first
 // message, so it never appears in a URL that the page shows, logs or stores.
+// The API key (when GET /v1/info says one is required) is kept in sessionStorage (this tab only, gone when
+// it closes) and sent as the X-API-Key header, never in a URL.
 
 /** An answer of the service that is not a success: HTTP status, machine code and a sentence. */
 export class ServiceError extends Error {
@@ -29,6 +31,10 @@ export const CLOSE_REASONS = {
 };
 
 const CODE_HINTS = {
+  missing_api_key: "enter the service's API key in the key field at the top",
+  wrong_api_key: "check the API key in the key field at the top",
+  too_many_sessions: "stop one of this key's sessions or wait for one to expire",
+  too_many_jobs: "wait for one of this key's jobs to finish",
   no_capacity: "every worker is busy; retry in a moment",
   no_worker: "no worker is running; start one (lwl worker) and retry",
   worker_lost: "the worker stopped while answering; retry",
@@ -55,12 +61,34 @@ async function errorFrom(response) {
     `the service answered HTTP ${response.status} ${response.statusText}`.trim());
 }
 
+const KEY_STORE = "lwl-api-key";
+
+/** The API key this tab uses ("" = none). */
+export function apiKey() {
+  try { return sessionStorage.getItem(KEY_STORE) || ""; } catch { return ""; }
+}
+
+/** Keep (or, with "", forget) the API key for this tab. */
+export function setApiKey(key) {
+  try {
+    if (key) sessionStorage.setItem(KEY_STORE, key);
+    else sessionStorage.removeItem(KEY_STORE);
+  } catch { /* storage blocked: the key cannot be kept */ }
+}
+
+function authHeaders(token) {
+  const headers = token ? { Authorization: `Bearer ${token}` } : {};
+  const key = apiKey();
+  if (key) headers["X-API-Key"] = key;
+  return headers;
+}
+
 /** fetch + JSON with a deadline; non-2xx answers throw ServiceError. */
 export async function request(path, { method = "GET", body = null, token = null, timeoutMs = 120000 } = {}) {
   const ctl = new AbortController();
   const timer = setTimeout(() => ctl.abort(), timeoutMs);
   try {
-    const headers = token ? { Authorization: `Bearer ${token}` } : {};
+    const headers = authHeaders(token);
     const r = await fetch(path, { method, body, headers, signal: ctl.signal, cache: "no-store" });
     if (!r.ok) throw await errorFrom(r);
     return r.status === 204 ? null : await r.json();
@@ -74,6 +102,7 @@ export function uploadForm(path, form, onProgress) {
   return new Promise((resolve, reject) => {
     const xhr = new XMLHttpRequest();
     xhr.open("POST", path);
+    for (const [k, v] of Object.entries(authHeaders(null))) xhr.setRequestHeader(k, v);
     xhr.responseType = "text";
     xhr.upload.onprogress = (ev) => { if (ev.lengthComputable) onProgress(ev.loaded / ev.total); };
     xhr.onerror = () => reject(new TypeError("network error during the upload"));
@@ -131,7 +160,8 @@ export function submitJob(video, maskPng, boxes, onProgress) {
   return uploadForm("v1/jobs", form, onProgress);
 }
 
-export const jobStatus = (jobId) => request(`v1/jobs/${encodeURIComponent(jobId)}`, { timeoutMs: 15000 });
+/** A job's status; `token` is the job token from submitJob's answer. */
+export const jobStatus = (jobId, token) => request(`v1/jobs/${encodeURIComponent(jobId)}`, { token, timeoutMs: 15000 });
 
 /** The stream URL of a created session without its token (the token goes in the first message). */
 export function streamUrl(wsUrl, options) {

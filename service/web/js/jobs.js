@@ -28,7 +28,7 @@ export class JobPanel {
       $("job-upload").value = 1;
       this.jobId = created.job_id;
       this._state(`job ${created.job_id.slice(0, 8)} queued`);
-      await this._follow(created.job_id);
+      await this._follow(created.job_id, created.token);
     } catch (err) {
       this._state(`failed: ${describeError(err)}`);
       this.onError(err);
@@ -37,12 +37,12 @@ export class JobPanel {
     }
   }
 
-  async _follow(jobId) {
+  async _follow(jobId, token) {
     let failures = 0;
     for (;;) {
       let st;
       try {
-        st = await jobStatus(jobId);
+        st = await jobStatus(jobId, token);
         failures = 0;
       } catch (err) {
         failures += 1; // a restarting api: keep trying for a while, then say so
@@ -53,17 +53,20 @@ export class JobPanel {
       $("job-progress").value = st.progress;
       const frames = st.frames_total ? ` ${st.frames_done}/${st.frames_total} frames` : "";
       this._state(`job ${jobId.slice(0, 8)} ${st.state}${frames}`);
-      if (st.state === "done") return this._links(st.results);
+      if (st.state === "done") return this._links(st.results, token);
       if (st.state === "failed") throw new Error(`the job failed: ${st.error || "no reason given"}`);
       await new Promise((r) => setTimeout(r, 500));
     }
   }
 
-  _links(results) {
+  /** Download links: a link cannot send a header, so the job token goes in the URL (`?token=`, which
+   * the service accepts for result downloads without an API key); the page shows no such URL as text. */
+  _links(results, token) {
     const names = { png: "PNG masks (zip)", rle: "COCO RLE (json)", mp4: "overlay video (mp4)" };
     const links = Object.entries(results).map(([fmt, url]) => {
       const a = document.createElement("a");
       const u = new URL(url, location.href);
+      if (token) u.searchParams.set("token", token);
       a.href = u.pathname + u.search; // same origin as the page, whatever host the api saw
       a.textContent = names[fmt] || fmt;
       a.download = "";

@@ -586,6 +586,12 @@ function bindControls() {
   $("outline").addEventListener("change", (ev) => { view.outline = ev.target.checked; draw(); });
   $("message-close").addEventListener("click", hideMessage);
   $("help-btn").addEventListener("click", () => $("help").showModal());
+  $("api-key").value = api.apiKey();
+  $("key-form").addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    api.setApiKey($("api-key").value.trim());
+    showMessage(api.apiKey() ? "API key kept for this tab" : "API key cleared", "info");
+  });
 }
 
 function bindKeys() {
@@ -620,6 +626,10 @@ async function loadInfo() {
     return false;
   }
   setPalette(S.info.palette);
+  $("key-form").hidden = !S.info.api_key_required;
+  if (S.info.api_key_required && !api.apiKey()) {
+    showMessage("this service needs an API key: enter it in the key field at the top", "info");
+  }
   const m = S.info.models[0];
   S.boxInit = !!(m && m.box_init);
   $("tool-box").disabled = !S.boxInit;
