@@ -443,9 +443,10 @@ def create_app(settings: Settings, backend: RedisBackend | MemoryBackend, worker
         detail = exc.detail if isinstance(exc.detail, str) else "bad request"
         return JSONResponse({"code": code, "detail": detail}, exc.status_code, headers=exc.headers)
 
-    def _store_down(request: Request, exc: Exception) -> JSONResponse:
+    async def _store_down(request: Request, exc: Exception) -> JSONResponse:
         """Redis unreachable, restarting or loading: 503 + Retry-After, never a 500 (readyz says the same)."""
         obs.ERRORS.labels("store_down").inc()
+        await backend.reset_idle()
         log.warning("store unavailable", extra={"path": request.url.path, "error": type(exc).__name__})
         return JSONResponse({"code": "store_down", "detail": "the store (Redis) is unavailable; retry shortly"},
                             503, headers={"Retry-After": str(max(1, int(settings.heartbeat_s * 2)))})
@@ -458,7 +459,7 @@ def create_app(settings: Settings, backend: RedisBackend | MemoryBackend, worker
         """Last resort, also for errors raised in middleware (the API key check reads Redis): a JSON body,
         never a plain-text 500 or a traceback."""
         if isinstance(exc, STORE_ERRORS):
-            return _store_down(request, exc)
+            return await _store_down(request, exc)
         obs.ERRORS.labels("internal").inc()
         return JSONResponse({"code": "internal", "detail": "internal error"}, 500)
 
@@ -918,12 +919,12 @@ class StreamHandler:
                     if isinstance(exc, _Close):
                         await self.close(exc.code, exc.reason)
                     elif isinstance(exc, STORE_ERRORS):
-                        await self._store_down()
+                        await self._store_down(exc)
             await self.close(1000, "done")
         except WebSocketDisconnect:
             self.closed = True
-        except STORE_ERRORS:
-            await self._store_down()
+        except STORE_ERRORS as exc:
+            await self._store_down(exc)
         except Exception:  # noqa: BLE001
             log.exception("stream failed", extra={"session_id": self.sid})
             await self.close(1011, "internal error")
@@ -955,10 +956,12 @@ class StreamHandler:
         lost = [q for q in range(first, next_seq) if q not in known]
         return {"resumed": [{"seq": q, "id": known[q]} for q in sorted(known)], "lost": lost}
 
-    async def _store_down(self) -> None:
+    async def _store_down(self, exc: BaseException) -> None:
         """Redis unavailable: an `error` message, then close 1013 (try again later). Frames already in
         the session's stream are answered once the store is back; a reconnecting client resumes."""
         obs.ERRORS.labels("store_down").inc()
+        log.warning("store unavailable", extra={"session_id": self.sid, "error": f"{type(exc).__name__}: {exc}"})
+        await self.svc.b.reset_idle()
         with contextlib.suppress(Exception):
             await self.send({"type": "error", "code": "store_down",
                              "detail": "the store (Redis) is unavailable; reconnect shortly"})

@@ -96,6 +96,7 @@ class Store:
     """Metadata interface (async). Session and job records are flat str->str dicts."""
 
     async def ping(self) -> bool: ...
+    async def reset_idle(self) -> None: ...
     async def put_session(self, sid: str, meta: dict[str, str], ttl_s: float) -> None: ...
     async def get_session(self, sid: str) -> dict[str, str] | None: ...
     async def update_session(self, sid: str, fields: dict[str, str], ttl_s: float | None = None) -> bool: ...
@@ -231,7 +232,16 @@ class RedisBackend(Store, Broker):
         try:
             return bool(await self.r.ping())
         except Exception:  # noqa: BLE001 - readiness answers, never raises
+            await self.reset_idle()
             return False
+
+    async def reset_idle(self) -> None:
+        """After a store error: close the idle pooled connections. Once Redis restarts, each of them
+        would fail its next command once (the old socket is dead); new ones are opened on demand."""
+        try:
+            await self.r.connection_pool.disconnect(inuse_connections=False)
+        except Exception:  # noqa: BLE001, S110 - best effort; a failing connection is dropped anyway
+            pass
 
     async def put_session(self, sid: str, meta: dict[str, str], ttl_s: float) -> None:
         key = self.k("session", sid)
@@ -593,6 +603,9 @@ class MemoryBackend(Store, Broker):
 
     async def ping(self) -> bool:
         return True
+
+    async def reset_idle(self) -> None:
+        return None
 
     async def put_session(self, sid: str, meta: dict[str, str], ttl_s: float) -> None:
         self.sessions[sid] = dict(meta)

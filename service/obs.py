@@ -20,6 +20,11 @@ QUEUE_DEPTH = Gauge("lwl_queue_depth", "Work messages waiting (worker: its strea
 JOBS = Gauge("lwl_jobs", "Video jobs by state", ["state"])
 DEVICE_MEMORY = Gauge("lwl_device_memory_bytes", "Device memory in use (CUDA allocated, else process RSS)")
 ERRORS = Counter("lwl_errors_total", "Errors by kind", ["kind"])
+FAILOVER = Histogram(
+    "lwl_failover_seconds", "A moved session's gap: its old worker's last heartbeat (died) or hand-over "
+    "(drain) until the new worker has restored it; observed by the new worker", ["cause"],
+    buckets=(0.25, 0.5, 1, 2, 3, 5, 8, 12, 20, 30, 60),
+)
 BATCH_SIZE = Histogram("lwl_batch_frames", "Frames of different sessions stepped together by a worker",
                        buckets=(1, 2, 3, 4, 6, 8, 12, 16, 32))
 

@@ -284,7 +284,7 @@ class Worker:
         try:
             await self.b.heartbeat(self.id, info, ttl_s=3 * self.s.heartbeat_s)
         except STORE_ERRORS:
-            self._store_failed("heartbeat")
+            await self._store_failed("heartbeat")
             return False
         return True
 
@@ -299,9 +299,11 @@ class Worker:
                 log.exception("heartbeat failed", extra={"worker_id": self.id})
             await asyncio.sleep(self.s.heartbeat_s)
 
-    def _store_failed(self, what: str) -> None:
-        """Count a store failure; log the first of an outage only (the loops retry quietly)."""
+    async def _store_failed(self, what: str) -> None:
+        """Count a store failure, drop idle connections (dead after a Redis restart); log the first
+        failure of an outage only (the loops retry quietly)."""
         obs.ERRORS.labels("store_down").inc()
+        await self.b.reset_idle()
         if self.store_down_since is None:
             self.store_down_since = time.monotonic()
             log.warning("store unavailable, retrying", extra={"worker_id": self.id, "during": what})
@@ -332,7 +334,7 @@ class Worker:
             except STORE_ERRORS:
                 if self.stopping:
                     raise
-                self._store_failed(what)
+                await self._store_failed(what)
                 await asyncio.sleep(delay)
                 delay = min(2.0, delay * 2)
 
@@ -345,7 +347,7 @@ class Worker:
                     try:
                         await self._forget(sid, reason="ttl")
                     except STORE_ERRORS:  # the tracker is gone; its keys expire on their own
-                        self._store_failed("evict")
+                        await self._store_failed("evict")
 
     async def _forget(self, sid: str, reason: str) -> None:
         """Drop a session's tracker and all its stored data."""
@@ -370,7 +372,7 @@ class Worker:
             except asyncio.CancelledError:
                 raise
             except STORE_ERRORS:
-                self._store_failed("work")
+                await self._store_failed("work")
                 await asyncio.sleep(0.5)
             except Exception:  # noqa: BLE001 - one bad read or op must not end the loop
                 obs.ERRORS.labels("worker").inc()
@@ -804,7 +806,7 @@ class Worker:
             except STORE_ERRORS:
                 if self.stopping:
                     return
-                self._store_failed("job")
+                await self._store_failed("job")
                 await asyncio.sleep(1.0)
             except Exception:  # noqa: BLE001
                 log.exception("job loop error", extra={"job_id": jid, "worker_id": self.id})

@@ -145,7 +145,7 @@ def test_bad_input_gets_4xx_and_leaves_sessions_intact(serve, clip) -> None:  # 
                    files={"mask": encode_label_png(bad)}, timeout=60)
     assert r.status_code == 400 and "7" in r.json()["detail"], r.text
     r = httpx.delete(f"{url}/v1/sessions/{good.id}/objects/9", headers=auth, timeout=60)
-    assert r.status_code == 400 and r.json()["code"] == "bad_input"
+    assert r.status_code == 404 and r.json()["code"] == "unknown_object"
     r = httpx.post(f"{url}/v1/sessions/{good.id}/frames", headers=auth, files={"image": b"junk"})
     assert r.status_code == 400
 
