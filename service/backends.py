@@ -217,8 +217,10 @@ class RedisBackend(Store, Broker):
         # the name shows in CLIENT LIST / MONITOR, so an operator (or a test) sees which process talks
         name = re.sub(r"[^\w.:-]", "_", name)  # CLIENT SETNAME refuses spaces
         # socket timeouts: a Redis that hangs (not just one that is down) fails calls instead of blocking
-        # them for ever; above the longest blocking read here (BLPOP of wait_reply, 2 s)
-        self.r = aioredis.from_url(url, decode_responses=False, client_name=name or None,
+        # them for ever; above the longest blocking read here (BLPOP of wait_reply, 2 s). protocol=2
+        # (RESP2, the wire format used anyway) turns off redis-py's "maintenance notifications", which
+        # also turn off its check of pooled connections: after a Redis restart each one would fail once.
+        self.r = aioredis.from_url(url, decode_responses=False, client_name=name or None, protocol=2,
                                    socket_timeout=self.SOCKET_TIMEOUT_S, socket_connect_timeout=5)
         self.p = prefix
         self._submit = self.r.register_script(SUBMIT_LUA)
