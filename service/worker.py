@@ -220,7 +220,9 @@ class Worker:
         since, n = f"{time.time():.3f}", 0
         for sid in list(self.sessions):
             target = max(live, key=lambda w: int(w.get("free", 0)))
-            hs = self.sessions[sid]
+            hs = self.sessions.get(sid)
+            if hs is None:  # evicted or lost meanwhile
+                continue
             snap = await self._run(self._take_snapshot, hs)
             commit = self._commit(sid, hs, [], snap, worker=target["id"], moved_since=since, moved_cause="drain")
             try:
@@ -230,9 +232,10 @@ class Worker:
                     target["free"] = int(target.get("free", 0)) - 1
                     await self.b.send_work(target["id"], *pack({"op": "adopt", "sid": sid}))
                     n += 1
+                    log.info("session handed over", extra={"session_id": sid, "worker_id": self.id,
+                                                           "to": target["id"]})
             except STORE_ERRORS:
                 continue  # stop() snapshots it if the store comes back in time
-            log.info("session handed over", extra={"session_id": sid, "worker_id": self.id, "to": target["id"]})
         return n
 
     async def stop(self) -> None:

@@ -95,7 +95,9 @@ def test_drain_hands_idle_session_over_then_kill_fails_over(cluster_factory, cli
     count, total = _failover(f"http://127.0.0.1:{ports['d3']}/metrics", "worker_died")
     print(f"failover after SIGKILL (heartbeat 0.5 s): lwl_failover_seconds {total:.2f} s, "
           f"frame answered {answer_s:.2f} s after the kill")
-    assert count == 1 and total < 3 * 0.5 + 4, total  # dead after 3 beats, then a quiet second + restore
+    # dead 3 beats after the last, noticed within a quiet second, then the restore: about 2-3 s here; the
+    # bound leaves room for a loaded machine and still catches any wait on a long timeout
+    assert count == 1 and total < 3 * 0.5 + 6, total
 
 
 class RedisProc:
