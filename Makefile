@@ -4,7 +4,7 @@ VENV    ?= .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 
-.PHONY: install demo test lint lint-deploy bench bench-service clean train-default screenshots
+.PHONY: install demo test lint lint-deploy bench bench-service clean train-default screenshots fuzz
 
 # The tested torch pins first (pyproject.toml gives ranges; the Dockerfile pins the same versions), then
 # the project with every extra the tests use.
@@ -38,6 +38,11 @@ train-default: $(STAMP)
 screenshots: $(STAMP)
 	bash .ci/ensure-browser.sh
 	LWL_SCREENSHOT_DIR=docs/img OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q tests/e2e/browser/test_web_page.py
+
+## fuzz: schemathesis over /openapi.json against lwl serve with a live session, many examples per operation,
+## every check (no server error, answers as documented); the suite runs a few examples, server errors only
+fuzz: $(STAMP)
+	LWL_FUZZ_EXAMPLES=200 LWL_FUZZ_CHECKS=all OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -s tests/e2e/test_fuzz_api.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -27,9 +27,11 @@ from fastapi import FastAPI, File, Form, Header, Query, Request, UploadFile, Web
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.routing import APIRoute
 from PIL import Image
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from model.boxes import clip_box
 from model.errors import InputError
@@ -55,8 +57,8 @@ log = logging.getLogger("lwl.api")
 PALETTE = DAVIS_PALETTE.tolist()  # the colours of every label PNG, sent by GET /v1/info (computed once)
 
 ERRORS = {400: {"model": ErrorBody}, 401: {"model": ErrorBody}, 403: {"model": ErrorBody},
-          404: {"model": ErrorBody}, 413: {"model": ErrorBody}, 429: {"model": ErrorBody},
-          503: {"model": ErrorBody}}
+          404: {"model": ErrorBody}, 413: {"model": ErrorBody}, 422: {"model": ErrorBody},
+          429: {"model": ErrorBody}, 503: {"model": ErrorBody}, 504: {"model": ErrorBody}}
 
 
 class ApiError(Exception):
@@ -441,7 +443,11 @@ def create_app(settings: Settings, backend: RedisBackend | MemoryBackend, worker
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "bad_request")
         obs.ERRORS.labels(code).inc()
         detail = exc.detail if isinstance(exc.detail, str) else "bad request"
-        return JSONResponse({"code": code, "detail": detail}, exc.status_code, headers=exc.headers)
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:  # every method of the path, not only those of the first route matched
+            headers["Allow"] = ", ".join(sorted({m for r in app.routes if isinstance(r, APIRoute)
+                                                 and r.matches(request.scope)[0] != Match.NONE for m in r.methods}))
+        return JSONResponse({"code": code, "detail": detail}, exc.status_code, headers=headers)
 
     async def _store_down(request: Request, exc: Exception) -> JSONResponse:
         """Redis unreachable, restarting or loading: 503 + Retry-After, never a 500 (readyz says the same)."""
@@ -500,7 +506,8 @@ def create_app(settings: Settings, backend: RedisBackend | MemoryBackend, worker
             return JSONResponse({"code": "no_worker", "detail": "no live worker"}, 503)
         return JSONResponse({"status": "ready", "workers": len(workers)})
 
-    @app.get("/metrics", tags=["ops"])
+    @app.get("/metrics", tags=["ops"], response_class=Response,
+             responses={200: {"content": {CONTENT_TYPE_LATEST.split(";")[0]: {}}, "description": "Prometheus text"}})
     async def metrics() -> Response:
         """Prometheus metrics."""
         counts = {"queued": 0, "running": 0, "done": 0, "failed": 0}
