@@ -428,9 +428,6 @@ def create_app(settings: Settings, backend: RedisBackend | MemoryBackend, worker
     app.state.service = svc
     app.state.worker = worker
     mount_docs(app)  # /docs and /redoc with their assets served here, not from a CDN
-    if settings.cors_list:
-        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_list, allow_methods=["*"],
-                           allow_headers=["*"])
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
@@ -486,6 +483,9 @@ def create_app(settings: Settings, backend: RedisBackend | MemoryBackend, worker
 
     if settings.api_key_hashes:  # LWL_API_KEYS: X-API-Key on /v1 calls (service.access)
         app.middleware("http")(access.api_key_middleware(settings.api_key_hashes, backend))
+    if settings.cors_list:  # added last, so outermost: refusals by the middleware above carry CORS headers too
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_list, allow_methods=["*"],
+                           allow_headers=["*"])
 
     Tok = dict(authorization=Header(None, include_in_schema=True), x_session_token=Header(None),
                token=Query(None, description="session token (alternative to the headers)"))

@@ -766,12 +766,18 @@ class MemoryBackend(Store, Broker):
         await self.replies[req].put((header, body))
 
     async def wait_reply(self, req: str, timeout_s: float) -> tuple[bytes, bytes] | None:
+        """The reply, or None after `timeout_s`. Not asyncio.wait_for around Queue.get: on Python 3.11 a
+        timeout that races the reply drops it (the getter finished, wait_for discards its result); here a
+        getter cancelled before it ran leaves the reply in the queue for the next call."""
+        getter = asyncio.ensure_future(self.replies[req].get())
+        await asyncio.wait({getter}, timeout=timeout_s)
+        getter.cancel()  # a no-op when it got the reply
         try:
-            return await asyncio.wait_for(self.replies[req].get(), timeout_s)
-        except asyncio.TimeoutError:
+            got = await getter
+        except asyncio.CancelledError:
             return None
-        finally:
-            self.replies.pop(req, None)
+        self.replies.pop(req, None)
+        return got
 
     async def submit_job(self, jid: str) -> None:
         await self.jobqueue.put(jid)

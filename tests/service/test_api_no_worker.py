@@ -96,3 +96,19 @@ def test_cors_only_when_configured(tmp_path) -> None:  # noqa: ANN001
         assert r.headers["access-control-allow-origin"] == "http://app.example"
     with TestClient(create_app(Settings(results_dir=str(tmp_path)), MemoryBackend())) as c:
         assert "access-control-allow-origin" not in c.options("/v1/sessions", headers=pre).headers
+
+
+def test_refusals_by_middleware_carry_cors_headers(tmp_path) -> None:  # noqa: ANN001
+    """A cross-origin page must be able to read why it was refused (a missing API key, a body too large),
+    not see a CORS error: CORS wraps every other middleware."""
+    s = Settings(results_dir=str(tmp_path), cors_origins="http://app.example", api_keys="ops:secret-key-of-the-ops-team",
+                 max_upload_mb=1)
+    origin = {"Origin": "http://app.example"}
+    with TestClient(create_app(s, MemoryBackend())) as c:
+        r = c.get(f"/v1/sessions/{'a' * 32}", headers=origin)
+        assert r.status_code == 401 and r.json()["code"] == "missing_api_key"
+        assert r.headers["access-control-allow-origin"] == "http://app.example"
+        r = c.post("/v1/sessions", headers={**origin, "X-API-Key": "secret-key-of-the-ops-team"},
+                   files={"image": b"x" * (3 << 20)})
+        assert r.status_code == 413 and r.json()["code"] == "upload_too_large"
+        assert r.headers["access-control-allow-origin"] == "http://app.example"

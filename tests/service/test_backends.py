@@ -171,3 +171,27 @@ def test_worker_reads_work_and_frames_and_commits_only_its_sessions(kind: str) -
             await _cleanup(b)
 
     asyncio.run(run())
+
+
+def test_in_process_reply_that_races_a_timeout_is_not_lost() -> None:
+    """The api waits for a reply in short slices; a reply that lands as a slice times out must be there for
+    the next slice (asyncio.wait_for around Queue.get dropped 88 of 300 such replies on Python 3.11: a 504
+    for the client and a ghost session on the worker)."""
+
+    async def run() -> int:
+        b = MemoryBackend()
+        lost = 0
+        for i in range(300):
+            req = f"r{i}"
+
+            async def late(req: str = req, i: int = i) -> None:
+                await asyncio.sleep(0.01 + (i % 7) * 0.0005)
+                await b.reply(req, b"h", b"b")
+
+            t = asyncio.create_task(late())
+            got = await b.wait_reply(req, 0.01 + (i % 5) * 0.0005) or await b.wait_reply(req, 1.0)
+            lost += got is None
+            await t
+        return lost
+
+    assert asyncio.run(run()) == 0

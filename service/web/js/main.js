@@ -27,8 +27,9 @@ const S = {
   session: null,        // {id, token, wsUrl}
   objects: new Map(),   // tracked id -> {score, box}
   stream: null,
-  inflight: new Map(),  // frame id -> {bitmap, t}
+  inflight: new Map(),  // frame id -> {bitmap, t, blob}
   nextId: 0,
+  resumeFrom: null,     // the seq of the first frame not answered yet (the stream's resume_from on reconnect)
   sourceDone: false,
   pumping: false,
   grabbing: false,
@@ -265,6 +266,7 @@ async function start() {
     S.sent.length = 0;
     if (S.record) S.sent.push({ id: 0, blob: S.still.blob, mask, boxes });
     S.sourceDone = false;
+    S.resumeFrom = null;
     S.frameIndex = created.result.frame_index;
     await showResult(S.still.bitmap, created.result);
     editor.reset(editor.width, editor.height);
@@ -276,21 +278,44 @@ async function start() {
   }
 }
 
-function openStream() {
-  S.inflight.clear();
+/** A stream of the session. `resume`: frames of the dropped stream are still in flight; the service answers
+ * those it had accepted (listed in `ready.resumed`) and the page sends the others again, so every frame is
+ * segmented once, in order (docs/API.md, "Resume"). */
+function openStream(resume = false) {
+  if (!resume) dropInflight();
   S.stallShown = false;
-  const url = api.streamUrl(S.session.wsUrl, { mode: streamMode(), format: "png", max_inflight: maxInflight() });
+  const options = { mode: streamMode(), format: "png", max_inflight: maxInflight() };
+  if (resume && S.resumeFrom !== null) options.resume_from = S.resumeFrom;
+  const url = api.streamUrl(S.session.wsUrl, options);
   S.stream = new api.Stream(url, S.session.token, {
-    onReady: () => { setPhase("streaming"); S.lastAnswerAt = performance.now(); pump(); },
+    onReady: (msg) => { S.answers = S.answers.then(() => onReady(msg)).catch((e) => console.error(e)); },
     onAnswer: (msg) => { S.answers = S.answers.then(() => onAnswer(msg)).catch((e) => console.error(e)); },
     onClose: (code, reason, byUs) => { S.answers = S.answers.then(() => onClose(code, reason, byUs)); },
   });
   setPhase("starting");
 }
 
+async function onReady(msg) {
+  if (S.resumeFrom === null) S.resumeFrom = msg.next_seq;
+  setPhase("streaming");
+  S.lastAnswerAt = performance.now();
+  if (msg.resumed) {
+    const accepted = new Set(msg.resumed.map((r) => r.id));
+    for (const [id, entry] of S.inflight) {  // in the order sent: the accepted ones come first
+      if (!accepted.has(id)) await S.stream.send(id, entry.blob);
+    }
+  }
+  pump();
+}
+
+function dropInflight() {
+  for (const e of S.inflight.values()) e.bitmap.close();
+  S.inflight.clear();
+}
+
 async function sendFrame(frame) {
   const id = ++S.nextId;
-  S.inflight.set(id, { bitmap: frame.bitmap, t: performance.now() });
+  S.inflight.set(id, { bitmap: frame.bitmap, t: performance.now(), blob: frame.blob });
   S.counts.sent += 1;
   if (S.record) S.sent.push({ id, blob: frame.blob });
   await S.stream.send(id, frame.blob);
@@ -341,6 +366,7 @@ async function onAnswer(msg) {
   if (!entry) return; // an answer for a frame of an earlier stream
   S.inflight.delete(msg.id);
   S.lastAnswerAt = performance.now();
+  if (Number.isInteger(msg.seq)) S.resumeFrom = Math.max(S.resumeFrom ?? 0, msg.seq + 1);
   if (msg.type === "result") {
     S.counts.answered += 1;
     S.answerTimes.push(performance.now());
@@ -363,8 +389,8 @@ async function onClose(code, reason, byUs) {
   if (byUs) return;
   S.stream = null;
   const unanswered = S.inflight.size;
-  for (const e of S.inflight.values()) e.bitmap.close();
-  S.inflight.clear();
+  const resumable = streamMode() === "all" && ![4401, 4403, 4404, 4410].includes(code);
+  if (!resumable) dropInflight(); // kept otherwise: Reconnect resumes them
   if (code === 1000 && S.phase === "finishing") {
     setPhase("done");
     editor.reset(editor.width, editor.height, S.labels);
@@ -373,7 +399,8 @@ async function onClose(code, reason, byUs) {
   }
   if (!S.session) return;
   const what = api.CLOSE_REASONS[code] || `the stream closed (${code}${reason ? `: ${reason}` : ""})`;
-  const lost = unanswered ? ` ${unanswered} frame(s) in flight were not answered.` : "";
+  const lost = !unanswered ? "" : resumable ? ` ${unanswered} frame(s) in flight: Reconnect resumes them.`
+    : ` ${unanswered} frame(s) in flight were not answered.`;
   const actions = [];
   if (![4401, 4403, 4404, 4410].includes(code)) actions.push({ label: "Reconnect", run: reconnect });
   actions.push({ label: "Restart session", run: restart });
@@ -384,7 +411,7 @@ async function onClose(code, reason, byUs) {
 
 function reconnect() {
   if (!S.session) return start();
-  openStream();
+  openStream(S.inflight.size > 0);
 }
 
 /** A new session from the frame on screen and its masks: tracking goes on where it stopped. */
@@ -502,8 +529,7 @@ async function stopSession() {
   const s = S.session;
   S.session = null;
   if (S.stream) { S.stream.close(); S.stream = null; }
-  for (const e of S.inflight.values()) e.bitmap.close();
-  S.inflight.clear();
+  dropInflight();
   S.objects.clear();
   S.pendingFrame = undefined;
   if (s) {

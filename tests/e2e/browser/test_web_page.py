@@ -13,6 +13,7 @@ import base64
 import io
 import json
 import os
+import signal
 import time
 import zipfile
 from pathlib import Path
@@ -462,6 +463,38 @@ def test_a_dropped_connection_offers_reconnect_then_restart(cluster_factory, bro
     assert page.evaluate("() => window.lwl.sessionId") != old
     wait(page, "window.lwl.counts.answered >= 2 || window.lwl.phase === 'done'", 60)
     assert n >= 2 and 1 in {o["id"] for o in page.evaluate("() => window.lwl.results.at(-1).objects")}
+    assert errors == [] or all("WebSocket" in e or "Failed to load resource" in e for e in errors), errors
+
+
+def test_reconnect_after_an_api_restart_resumes_with_every_frame_once(cluster_factory, browser, tmp_path) -> None:  # noqa: ANN001
+    """api + worker + Redis: the api is killed with frames in flight and started again; Reconnect resumes the
+    stream (resume_from): the frames the session had accepted are answered, the others sent again, and every
+    frame of the images is segmented exactly once, in order."""
+    c = cluster_factory(True)
+    api = c.start("api")
+    c.start("worker")
+    c.wait_ready(workers=1)
+    clip = still_then_moving(2, 22, 120, 160)
+    page, errors = open_images(browser, c.url + "/?record=1&max_inflight=4", write_images(tmp_path, clip))
+    page.keyboard.press("p")
+    x, y, w, h = clip[0][1]
+    paint(page, [(x + 6, y + 6), (x + w - 6, y + h - 6), (x + w / 2, y + h / 2)])
+    page.click("#btn-start")
+    wait(page, "window.lwl.counts.answered >= 3", 60)
+    api.stop(signal.SIGKILL)  # a crash: nothing is said to the page, frames are in flight
+    wait(page, "!document.getElementById('message').hidden && document.body.dataset.phase === 'paused'", 60)
+    print("page said:", message(page))
+    c.start("api")
+    c.wait_ready(workers=1)
+    page.click("#message-actions button:text('Reconnect')")
+    wait(page, "window.lwl.phase === 'done'", 120)
+    results = page.evaluate("() => window.lwl.results")
+    indices = [r["frame_index"] for r in results]
+    assert indices == list(range(len(clip))), indices  # the first frame and every later one, once, in order
+    seqs = [r["seq"] for r in results[1:]]
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), seqs
+    meta = c.redis_client().hgetall(f"{c.prefix}:session:{page.evaluate('() => window.lwl.sessionId')}")
+    assert int(meta["frames"]) == len(clip), meta  # the tracker stepped each frame once
     assert errors == [] or all("WebSocket" in e or "Failed to load resource" in e for e in errors), errors
 
 
