@@ -19,6 +19,9 @@ ACTIVE_SESSIONS = Gauge("lwl_active_sessions", "Sessions held (worker) or known 
 QUEUE_DEPTH = Gauge("lwl_queue_depth", "Work messages waiting (worker: its stream; api: all workers)")
 JOBS = Gauge("lwl_jobs", "Video jobs by state", ["state"])
 DEVICE_MEMORY = Gauge("lwl_device_memory_bytes", "Device memory in use (CUDA allocated, else process RSS)")
+STATE_BYTES = Gauge("lwl_tracker_state_bytes", "Tracker memory bound of the sessions a worker holds (admission)")
+STORE_BYTES = Gauge("lwl_store_bytes", "Bytes a worker's sessions keep in the store (snapshots + replay logs): "
+                    "total, and the largest session", ["scope"])
 ERRORS = Counter("lwl_errors_total", "Errors by kind", ["kind"])
 FAILOVER = Histogram(
     "lwl_failover_seconds", "A moved session's gap: its old worker's last heartbeat (died) or hand-over "

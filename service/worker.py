@@ -60,9 +60,12 @@ class HeldSession:
     frames_since_snapshot: int = 0
     last_active: float = field(default_factory=time.monotonic)
     frame_id: str = "0"  # id of the last entry of the session's frames stream handled here
+    store_bytes: list[int] = field(default_factory=lambda: [0, 0])  # in the store: [snapshot, replay log]
 
-    def applied(self, seq: int, frame_id: str) -> None:
-        """Remember a frame as applied (bounded memory) and where the frames stream continues."""
+    def applied(self, seq: int, frame_id: str, nbytes: int = 0) -> None:
+        """Remember a frame as applied (bounded memory) and where the frames stream continues; its bytes
+        stay in the store's replay log until the next snapshot."""
+        self.store_bytes[1] += nbytes
         self.last_seq = max(self.last_seq, seq)
         self.recent.append(seq)
         del self.recent[:-256]
@@ -275,6 +278,7 @@ class Worker:
             "crop_size": "x".join(str(v) for v in getattr(self.model, "default_crop_size", ())),
             "jobs_running": self.running_jobs, "started": self.started, "ts": time.time(),
             "state_bytes": self.held_state_bytes(), "state_budget_bytes": self.s.worker_state_bytes,
+            "store_bytes": self.store_bytes(),
             "max_crop_pixels": self.max_crop_pixels, "max_objects": self.s.max_objects,
         }
 
@@ -461,8 +465,8 @@ class Worker:
                 for k in good:
                     outs[k] = self._step_one(work[k][0], frames[k], work[k][4])
         done = []
-        for k, (hs, eid, seq, _, _) in enumerate(work):
-            hs.applied(seq, eid)
+        for k, (hs, eid, seq, image, _) in enumerate(work):
+            hs.applied(seq, eid, len(image))
             due = hs.frames_since_snapshot >= self.s.snapshot_every
             done.append((outs[k], self._take_snapshot(hs) if due else None))
         return done
@@ -497,7 +501,7 @@ class Worker:
             obs.FRAMES.inc()
         except Exception as e:  # noqa: BLE001 - one bad frame must not end the session
             out = _error_message(e, sid="", op="frame")
-        hs.applied(seq, eid)
+        hs.applied(seq, eid, len(image))
         due = may_snapshot and hs.frames_since_snapshot >= self.s.snapshot_every
         return out, self._take_snapshot(hs) if due else None
 
@@ -530,7 +534,9 @@ class Worker:
 
     def _take_snapshot(self, hs: HeldSession) -> bytes:
         hs.frames_since_snapshot = 0
-        return hs.snapshot()
+        snap = hs.snapshot()
+        hs.store_bytes = [len(snap), 0]  # the commit that writes it trims the replay log up to here
+        return snap
 
     def _answer(self, out: dict[str, Any], sid: str, seq: int | None, req: str | None, cid: Any = None) -> Answer:
         """The message's final JSON text, written once: the api relays these bytes. `cid`: the id a
@@ -606,7 +612,7 @@ class Worker:
         sh, sblobs = parse_frame_bytes(snap)
         tracker = await self._run(self.model.restore_tracker, sblobs[0])
         hs = HeldSession(tracker=tracker, last_seq=int(sh["seq"]), recent=list(sh.get("recent", [])),
-                         frame_id=sh.get("frame_id", "0"))
+                         frame_id=sh.get("frame_id", "0"), store_bytes=[len(snap), 0])
         last = await self.b.last_result(sid)
         published = last.seq if last else 0
         answers, replayed = [], 0
@@ -698,10 +704,23 @@ class Worker:
         estimate = getattr(self.model, "state_bytes", None)
         return int(estimate(tuple(frame_hw), n_objects, crop)) if estimate else 0
 
+    def store_bytes(self) -> dict[str, int]:
+        """Bytes this worker's sessions keep in the store: snapshots and replay logs (total and the largest
+        session), reported in the heartbeat and as lwl_store_bytes."""
+        per = [sum(hs.store_bytes) for hs in list(self.sessions.values())]
+        out = {"total": sum(per), "max_session": max(per, default=0),
+               "snapshots": sum(hs.store_bytes[0] for hs in list(self.sessions.values()))}
+        obs.STORE_BYTES.labels("total").set(out["total"])
+        obs.STORE_BYTES.labels("max_session").set(out["max_session"])
+        return out
+
     def held_state_bytes(self, skip: str = "") -> int:
         """The state bound of every session held here (but `skip`)."""
-        return sum(self._state_bytes(hs.tracker.frame_hw or (0, 0), len(hs.tracker.object_ids), hs.tracker.crop_hw)
-                   for sid, hs in list(self.sessions.items()) if sid != skip)
+        total = sum(self._state_bytes(hs.tracker.frame_hw or (0, 0), len(hs.tracker.object_ids), hs.tracker.crop_hw)
+                    for sid, hs in list(self.sessions.items()) if sid != skip)
+        if not skip:
+            obs.STATE_BYTES.set(total)
+        return total
 
     def _admit(self, frame_hw: tuple[int, int], n_objects: int, crop: tuple[int, int] | None,
                sid: str = "") -> None:

@@ -361,3 +361,8 @@ def test_tracker_memory_budgets_admit_sessions_before_any_model_work(cluster_fac
     assert int(third.headers["Retry-After"]) >= 1
     w = httpx.get(f"{c.url}/v1/workers").json()[0]
     assert 2 * 2**20 < w["state_bytes"] <= w["state_budget_bytes"] == int(3.5 * 2**20), w
+    store = w["store_bytes"]  # two sessions' snapshots in the store: each about its tracker state
+    assert 0 < store["max_session"] < store["total"] and store["snapshots"] <= store["total"], store
+    assert store["total"] <= w["state_bytes"] + 2**20, (store, w["state_bytes"])
+    metrics = httpx.get(f"{c.url}/metrics").text
+    assert re.search(r'^lwl_store_bytes\{scope="total"\} [1-9]', metrics, re.M), metrics[-2000:]
