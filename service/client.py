@@ -17,6 +17,7 @@ retried when the answer is 503 or 429 with a Retry-After header, a few times and
 from __future__ import annotations
 
 import asyncio
+import base64
 import io
 import json
 import time
@@ -130,10 +131,6 @@ def _session_form(image: ImageLike, mask: ImageLike | None, boxes: dict | None, 
     return files, data
 
 
-def _ws_message(frame: ImageLike) -> bytes:
-    return _bytes(frame)
-
-
 class _SessionInfo:
     """What the api answered when the session was created (shared by the sync and asyncio sessions)."""
 
@@ -188,28 +185,32 @@ class Session(_SessionInfo):
         return _check(self.client.http.delete(f"/v1/sessions/{self.id}/objects/{object_id}", headers=self._h))
 
     def stream(self, frames: Iterable[ImageLike], mode: str = "all", format: str | None = None,  # noqa: A002
-               max_inflight: int | None = None) -> Iterator[dict[str, Any]]:
-        """Send frames over the WebSocket; yield result (or error/skipped) messages in order."""
+               max_inflight: int | None = None, reconnects: int = 5) -> Iterator[dict[str, Any]]:
+        """Send frames over the WebSocket; yield result (or error/skipped) messages in order. With
+        mode="all", a dropped connection (api restart, Redis outage, ...) is resumed up to `reconnects`
+        times: the frames the session accepted are answered, the others sent again, none applied twice."""
+        from websockets.exceptions import ConnectionClosed, InvalidHandshake
         from websockets.sync.client import connect
 
-        url = self.ws_url + _query(mode, format, max_inflight)
-        with connect(url, max_size=None, open_timeout=30) as ws:
-            ready = json.loads(ws.recv())
-            if ready.get("type") != "ready":
-                raise LWLError(400, ready.get("code", "error"), ready.get("detail", str(ready)))
-            window, pending = _window(ready, mode), 0
-            for f in frames:
-                while pending >= window:
-                    msg = json.loads(ws.recv())
-                    pending -= _answers(msg)
-                    yield msg
-                ws.send(_ws_message(f))
-                pending += 1
-            ws.send(json.dumps({"type": "close"}))
-            while pending > 0:
-                msg = json.loads(ws.recv())
-                pending -= _answers(msg)
-                yield msg
+        box, source = _Outbox(mode, reconnects), iter(frames)
+        while True:
+            try:
+                with connect(self.ws_url + _query(mode, format, max_inflight) + box.resume_query(), max_size=None,
+                             open_timeout=30) as ws:
+                    ready = _ready(json.loads(ws.recv()))
+                    window = _window(ready, mode)
+                    for text in box.on_ready(ready):
+                        ws.send(text)
+                    while box.pending or not box.done:
+                        if not box.done and box.pending < window:
+                            ws.send(box.next_message(source))
+                            continue
+                        msg = json.loads(ws.recv())
+                        box.answered(msg)
+                        yield msg
+                    return
+            except (ConnectionClosed, InvalidHandshake, OSError) as exc:
+                time.sleep(box.retry_after(exc))
 
 
 def _query(mode: str, fmt: str | None, max_inflight: int | None) -> str:
@@ -226,9 +227,76 @@ def _window(ready: dict[str, Any], mode: str) -> int:
     return ready["max_inflight"] if mode == "all" else 1 << 30
 
 
-def _answers(msg: dict[str, Any]) -> int:
-    """How many sent frames a server message answers (results, frame errors, skipped frames)."""
-    return 1 if msg.get("type") in ("result", "error", "skipped") else 0
+def _ready(msg: dict[str, Any]) -> dict[str, Any]:
+    """The stream's first message must be `ready`; anything else is the service's refusal."""
+    if msg.get("type") != "ready":
+        raise LWLError(400, msg.get("code", "error"), msg.get("detail", str(msg)))
+    return msg
+
+
+RESUMABLE_CLOSES = {1001, 1006, 1011, 1012, 1013, 4503}  # the connection or the service, not the request
+_END = object()
+
+
+class _Outbox:
+    """One stream's frames in flight, by id, and where to resume: the state the sync and asyncio streams
+    share (docs/API.md, "Resume"). Frames go out as JSON envelopes with an id, so after a reconnect the
+    `ready` message says which of them the session had accepted."""
+
+    def __init__(self, mode: str, reconnects: int) -> None:
+        self.mode, self.reconnects_left = mode, reconnects
+        self.inflight: dict[int, str] = {}  # id -> the frame's message text, in the order sent
+        self.next_id = 0
+        self.resume_from: int | None = None  # seq of the first frame not answered yet
+        self.done = False  # the source is exhausted and {"type": "close"} is to be (or was) sent
+        self.ready_seen = False
+        self.backoff = 0.5  # doubled before each reconnect: 1, 2, 4, 8, 8 s
+
+    @property
+    def pending(self) -> int:
+        return len(self.inflight)
+
+    def next_message(self, source: Iterator[ImageLike]) -> str:
+        """The next frame's envelope (remembered until answered), or the close message at the end."""
+        frame = next(source, _END)
+        if frame is _END:
+            self.done = True
+            return json.dumps({"type": "close"})
+        self.next_id += 1
+        text = json.dumps({"type": "frame", "id": self.next_id, "image": base64.b64encode(_bytes(frame)).decode()})
+        self.inflight[self.next_id] = text
+        return text
+
+    def resume_query(self) -> str:
+        return f"&resume_from={self.resume_from}" if self.ready_seen and self.resume_from is not None else ""
+
+    def on_ready(self, ready: dict[str, Any]) -> list[str]:
+        """What to send after `ready`: nothing on the first stream; after a resume, the frames in flight the
+        session never accepted (not in `ready.resumed`: those are answered anyway), then close if it was due."""
+        first, self.ready_seen = not self.ready_seen, True
+        if first:
+            self.resume_from = ready.get("next_seq")
+            return []
+        accepted = {r.get("id") for r in ready.get("resumed", [])}
+        out = [text for i, text in self.inflight.items() if i not in accepted]
+        return [*out, json.dumps({"type": "close"})] if self.done else out
+
+    def answered(self, msg: dict[str, Any]) -> None:
+        if msg.get("type") in ("result", "error", "skipped"):
+            self.inflight.pop(msg.get("id"), None)
+        if isinstance(msg.get("seq"), int):
+            self.resume_from = max(self.resume_from or 0, msg["seq"] + 1)
+
+    def retry_after(self, exc: Exception) -> float:
+        """Seconds to wait before resuming after `exc`; raises when the stream cannot or may not resume."""
+        rcvd = getattr(exc, "rcvd", None)
+        code = rcvd.code if rcvd is not None else 1006
+        if self.mode != "all" or code not in RESUMABLE_CLOSES or self.reconnects_left <= 0 or not self.ready_seen:
+            raise LWLError(503 if code in RESUMABLE_CLOSES else 400, f"stream_closed_{code}",
+                           getattr(rcvd, "reason", "") or str(exc)) from exc
+        self.reconnects_left -= 1
+        self.backoff = min(8.0, self.backoff * 2)
+        return self.backoff
 
 
 def _job_finished(st: dict[str, Any], job_id: str, end: float, timeout: float) -> bool:
@@ -399,27 +467,30 @@ class AsyncSession(_SessionInfo):
                                                     headers=self._h))
 
     async def stream(self, frames: Iterable[ImageLike], mode: str = "all", format: str | None = None,  # noqa: A002
-                     max_inflight: int | None = None) -> AsyncIterator[dict[str, Any]]:
-        """Async generator of result messages, in frame order."""
+                     max_inflight: int | None = None, reconnects: int = 5) -> AsyncIterator[dict[str, Any]]:
+        """Async generator of result messages, in frame order; resumes a dropped stream as Session.stream."""
         from websockets.asyncio.client import connect
+        from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
-        async with connect(self.ws_url + _query(mode, format, max_inflight), max_size=None) as ws:
-            ready = json.loads(await ws.recv())
-            if ready.get("type") != "ready":
-                raise LWLError(400, ready.get("code", "error"), ready.get("detail", str(ready)))
-            window, pending = _window(ready, mode), 0
-            for f in frames:
-                while pending >= window:
-                    msg = json.loads(await ws.recv())
-                    pending -= _answers(msg)
-                    yield msg
-                await ws.send(_ws_message(f))
-                pending += 1
-            await ws.send(json.dumps({"type": "close"}))
-            while pending > 0:
-                msg = json.loads(await ws.recv())
-                pending -= _answers(msg)
-                yield msg
+        box, source = _Outbox(mode, reconnects), iter(frames)
+        while True:
+            try:
+                async with connect(self.ws_url + _query(mode, format, max_inflight) + box.resume_query(),
+                                   max_size=None) as ws:
+                    ready = _ready(json.loads(await ws.recv()))
+                    window = _window(ready, mode)
+                    for text in box.on_ready(ready):
+                        await ws.send(text)
+                    while box.pending or not box.done:
+                        if not box.done and box.pending < window:
+                            await ws.send(box.next_message(source))
+                            continue
+                        msg = json.loads(await ws.recv())
+                        box.answered(msg)
+                        yield msg
+                    return
+            except (ConnectionClosed, InvalidHandshake, OSError) as exc:
+                await asyncio.sleep(box.retry_after(exc))
 
 
 class AsyncClient:
