@@ -50,7 +50,8 @@ def _uvicorn(app: object, s: Settings) -> None:
     import uvicorn
 
     uvicorn.run(app, host=s.host, port=s.port, log_config=None, log_level=s.log_level.lower(),
-                ws_max_size=s.max_upload_bytes, timeout_graceful_shutdown=5)
+                # a frame of LWL_MAX_UPLOAD_MB fits as binary and as a base64 JSON envelope (4/3 + its fields)
+                ws_max_size=s.max_upload_bytes * 4 // 3 + 65536, timeout_graceful_shutdown=5)
 
 
 def cmd_api(args: argparse.Namespace) -> int:
