@@ -156,7 +156,7 @@ def check_objects(hw: tuple[int, int], mask: bytes | None, boxes: dict[int, list
         if not present:
             raise ApiError(400, "empty_mask", "mask is empty: it has no object pixels")
         ids += [i for i in present if i not in have]
-        if not ids and have:
+        if not ids and have and not boxes:
             raise ApiError(400, "no_objects", f"the mask has no new object id: tracked objects are {have}")
         check_count(len(ids) + len(boxes or {}), max_objects, len(have))
     for oid, box in (boxes or {}).items():
@@ -244,6 +244,7 @@ class Service:
 
     async def auth_job(self, jid: str, token: str | None) -> dict[str, str]:
         """A job's record, if `token` is the one its creation answered (as sessions: Service.auth)."""
+        check_id(jid, "job")
         rec = await self.b.get_job(jid)
         if rec is None:
             raise ApiError(404, "unknown_job", f"unknown job {jid} (never created, deleted, or removed "
@@ -952,15 +953,19 @@ class StreamHandler:
         for r in await self.svc.b.read_results(self.sid, "0", 0.001):
             if r.seq >= first:
                 known[r.seq] = json.loads(r.body).get("id")
+        rest: set[int] = set()  # frames sent over REST: answered to their request, not on a stream
         for _eid, hraw, _body in await self.svc.b.read_frames(self.sid, "0"):
             h = json.loads(hraw)
-            if int(h.get("seq", 0)) >= first and "req" not in h:
-                known.setdefault(int(h["seq"]), h.get("id"))
+            if int(h.get("seq", 0)) >= first:
+                if "req" in h:
+                    rest.add(int(h["seq"]))
+                else:
+                    known.setdefault(int(h["seq"]), h.get("id"))
         t0 = time.perf_counter()
         for seq in sorted(known):
             self.inflight[seq] = (t0, None)
         self.last_id = "0"  # read the results stream from its start: answers already written go out again
-        lost = [q for q in range(first, next_seq) if q not in known]
+        lost = [q for q in range(first, next_seq) if q not in known and q not in rest]
         return {"resumed": [{"seq": q, "id": known[q]} for q in sorted(known)], "lost": lost}
 
     async def _store_down(self, exc: BaseException) -> None:

@@ -909,15 +909,21 @@ class Worker:
             if done % 5 == 0:
                 progress(done)
 
-        with zipfile.ZipFile(d / "masks.zip.part", "w", zipfile.ZIP_STORED) as zf:
-            for f in segment_video(self.model, FrameSource(d / rec["input"]), {init: Annotation(mask, boxes)},
-                                   crop_size=crop, on_progress=tick):
-                zf.writestr(f"{f.index:05d}.png", encode_label_png(f.labels))
-                frames_rle.append({"frame_index": f.index, "objects": [
-                    {"id": oid, "score": o.score, "area": o.area, "box": list(o.box) if o.box is not None else None,
-                     "segmentation": rle_encode(f.labels == oid)} for oid, o in f.objects.items()]})
-                overlay.write(f.image, f.labels, {k: o.box for k, o in f.objects.items()})
-                n = f.index + 1
+        try:  # the overlay file is closed however the job ends (a cancelled or failed one is removed)
+            with zipfile.ZipFile(d / "masks.zip.part", "w", zipfile.ZIP_STORED) as zf:
+                for f in segment_video(self.model, FrameSource(d / rec["input"]), {init: Annotation(mask, boxes)},
+                                       crop_size=crop, on_progress=tick):
+                    zf.writestr(f"{f.index:05d}.png", encode_label_png(f.labels))
+                    frames_rle.append({"frame_index": f.index, "objects": [
+                        {"id": oid, "score": o.score, "area": o.area,
+                         "box": list(o.box) if o.box is not None else None,
+                         "segmentation": rle_encode(f.labels == oid)} for oid, o in f.objects.items()]})
+                    overlay.write(f.image, f.labels, {k: o.box for k, o in f.objects.items()})
+                    n = f.index + 1
+        except BaseException:
+            with contextlib.suppress(Exception):  # the job's own error is the one to report
+                overlay.close()
+            raise
         overlay.close()
         (d / "rle.json").write_text(json.dumps({"job_id": jid, "frames": frames_rle}))
         (d / "masks.zip.part").rename(d / "masks.zip")

@@ -54,7 +54,7 @@ CALLS = [
                                         "mask": ("m.png", encode_label_png(MASK), "image/png")}}),
     ("GET", "/v1/workers", {}),
     ("GET", "/v1/info", {}),
-    ("GET", "/v1/jobs/abc", {}),
+    ("GET", f"/v1/jobs/{SID}", {}),
     ("GET", "/metrics", {}),
 ]
 
