@@ -101,8 +101,8 @@ def test_cors_only_when_configured(tmp_path) -> None:  # noqa: ANN001
 def test_refusals_by_middleware_carry_cors_headers(tmp_path) -> None:  # noqa: ANN001
     """A cross-origin page must be able to read why it was refused (a missing API key, a body too large),
     not see a CORS error: CORS wraps every other middleware."""
-    s = Settings(results_dir=str(tmp_path), cors_origins="http://app.example", api_keys="ops:secret-key-of-the-ops-team",
-                 max_upload_mb=1)
+    s = Settings(results_dir=str(tmp_path), cors_origins="http://app.example",
+                 api_keys="ops:secret-key-of-the-ops-team", max_upload_mb=1)
     origin = {"Origin": "http://app.example"}
     with TestClient(create_app(s, MemoryBackend())) as c:
         r = c.get(f"/v1/sessions/{'a' * 32}", headers=origin)
