@@ -1,4 +1,4 @@
-"""User boxes (x, y, w, h in pixels) checked and clipped against the frame.
+"""User boxes (x, y, w, h in pixels) checked and clipped against the frame, and the tight box of a mask.
 
 No torch here on purpose: the service's api process checks boxes before any worker sees them and
 does not load the network.
@@ -9,9 +9,20 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import numpy as np
+
 from model.errors import InputError
 
 Box = tuple[float, float, float, float]
+
+
+def mask_to_box(mask: np.ndarray) -> np.ndarray | None:
+    """[x_min, y_min, x_max - x_min + 1, y_max - y_min + 1] of a mask's pixels (the tight box a user would
+    drag around the object), or None for an empty mask."""
+    ys, xs = np.nonzero(mask)
+    if len(xs) == 0:
+        return None
+    return np.asarray([xs.min(), ys.min(), xs.max() - xs.min() + 1, ys.max() - ys.min() + 1], np.float64)
 
 
 def clip_box(box: Sequence[float], frame_hw: tuple[int, int]) -> Box:

@@ -19,8 +19,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--max-frames", type=int, default=None, help="only the first N frames of each sequence")
     p.add_argument("--crop", type=int, nargs=2, default=None, metavar=("H", "W"), help="tracker crop size")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    p.add_argument("--init", choices=["mask", "box"], default="mask",
+                   help="start each object from its first annotated mask, or from that mask's tight box "
+                        "(the box a user would drag)")
     p.add_argument("--baseline", choices=["copy-first"], default=None,
-                   help="score a baseline instead of a model (copy the first mask to every frame)")
+                   help="score a baseline instead of a model: the first annotation on every frame (the first "
+                        "mask, or with --init box the filled boxes)")
     p.add_argument("--youtubevos", action="store_true", help="write a YouTube-VOS submission zip to --out")
     p.set_defaults(func=run)
     return p
@@ -32,15 +36,17 @@ def run(args: argparse.Namespace) -> int:
 
     crop = tuple(args.crop) if args.crop else None
     model = CopyFirstModel() if args.baseline == "copy-first" else load_model(args.weights, args.device)
-    name = model.name
+    # the copy-first baseline from boxes is the box-rectangle baseline
+    name = f"{model.name} (from {'masks' if args.init == 'mask' else 'boxes'})"
     if args.youtubevos:
         from model.eval.ytvos import export_youtubevos
 
-        path = export_youtubevos(model, args.data, args.out, args.sequences, log=print, crop_size=crop)
+        path = export_youtubevos(model, args.data, args.out, args.sequences, log=print, crop_size=crop,
+                                 start=args.init)
         print(f"wrote {path}")
         return 0
     scores, summary, info = evaluate_davis(model, args.data, args.out, args.sequences, args.max_frames,
-                                           log=lambda s: print(s, flush=True), crop_size=crop)
+                                           log=lambda s: print(s, flush=True), crop_size=crop, start=args.init)
     info.update({"model": name, "data": str(args.data)})
     write_results(args.out, scores, summary, info)
     print(format_table(scores, summary))

@@ -19,7 +19,8 @@ from model.media import encode_label_png
 
 
 def export_youtubevos(model: Any, data: str | Path, out_zip: str | Path, videos: Sequence[str] | None = None,
-                      log: Callable[[str], None] | None = None, crop_size: tuple[int, int] | None = None) -> Path:
+                      log: Callable[[str], None] | None = None, crop_size: tuple[int, int] | None = None,
+                      start: str = "mask") -> Path:
     """Track every video of a YouTube-VOS valid/test layout and write the submission zip."""
     root = Path(data)
     meta = json.loads((root / "meta.json").read_text())["videos"]
@@ -36,7 +37,7 @@ def export_youtubevos(model: Any, data: str | Path, out_zip: str | Path, videos:
             # the tracker starts at the first annotated frame; earlier frames are background
             pred = np.zeros((len(frames), *frames[0].shape[:2]), np.uint8)
             sub = {i - first: a for i, a in anns.items()}
-            pred[first:] = track_sequence(model, frames[first:], sub, "first-appearance", crop_size)
+            pred[first:] = track_sequence(model, frames[first:], sub, "first-appearance", crop_size, start)
             index = {s: i for i, s in enumerate(stems)}
             for stem in wanted:
                 if stem not in index:

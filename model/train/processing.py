@@ -16,16 +16,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from model.boxes import mask_to_box
 from model.network import normalise
 from model.train.sampler import RawSample
-
-
-def mask_to_box(mask: np.ndarray) -> np.ndarray | None:
-    """[x_min, y_min, x_max - x_min + 1, y_max - y_min + 1], or None for an empty mask."""
-    ys, xs = np.nonzero(mask)
-    if len(xs) == 0:
-        return None
-    return np.asarray([xs.min(), ys.min(), xs.max() - xs.min() + 1, ys.max() - ys.min() + 1], np.float64)
 
 
 def crop_window(box: np.ndarray, img_w: int, img_h: int, out_w: int, out_h: int,

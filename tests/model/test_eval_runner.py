@@ -119,3 +119,44 @@ def test_bundled_weights_beat_copy_first_on_generated_video() -> None:
         j_copy = float(np.mean(db_eval_iou(labels[1:] > 0, np.repeat(labels[:1] > 0, len(labels) - 1, 0))))
         wins += j_model > j_copy + 0.1
     assert wins >= 1
+
+
+def test_box_start_gives_tight_boxes_and_the_box_rectangle_baseline() -> None:
+    from model.eval.runner import start_annotation
+
+    lab = np.zeros((20, 30), np.uint8)
+    lab[2:6, 3:10] = 1
+    lab[10:18, 20:29] = 2
+    lab[0, 0] = 255  # ignored
+    ann = start_annotation(lab, "box")
+    assert ann.mask is None and ann.boxes == {1: (3.0, 2.0, 7.0, 4.0), 2: (20.0, 10.0, 9.0, 8.0)}
+    rect = track_sequence(CopyFirstModel(), [np.zeros((20, 30, 3), np.uint8)] * 2, {0: lab}, start="box")
+    assert np.array_equal(rect[1], np.where(lab == 255, 0, lab))  # rectangles: here the objects themselves
+    ap = argparse.ArgumentParser()
+    from model.eval.cli import add_parser
+
+    add_parser(ap.add_subparsers())
+    assert ap.parse_args(["eval", "--data", "d", "--out", "o", "--init", "box"]).init == "box"
+
+
+@pytest.mark.skipif(not DEFAULT_WEIGHTS.exists(), reason="bundled weights model/weights/default.safetensors "
+                                                          "not trained yet (make train-default)")
+def test_bundled_weights_from_a_box_beat_the_box_rectangle() -> None:
+    """`lwl eval --init box`: the bundled model started from each object's tight box tracks it better than
+    repeating the filled box on every frame (the objects are not rectangles and they move)."""
+    from model.api import load_model
+    from model.eval.metrics import db_eval_iou
+    from model.train.synthetic import SyntheticVideo
+
+    model = load_model(None, "cpu")
+    gains = []
+    for seed in range(2):
+        rng = np.random.default_rng(100 + seed)
+        vid = SyntheticVideo(rng, (240, 427), max_objects=1, distractor_prob=0.0, speed=2.0)
+        frames, labels = vid.render(list(range(0, 24, 3)))
+        j = {}
+        for name, m in (("model", model), ("rect", CopyFirstModel())):
+            pred = track_sequence(m, list(frames), {0: labels[0]}, start="box")
+            j[name] = float(np.mean(db_eval_iou(labels[1:] > 0, pred[1:] > 0)))
+        gains.append(j["model"] - j["rect"])
+    assert max(gains) > 0.1 and min(gains) > 0, gains
