@@ -17,7 +17,7 @@ import secrets
 import shutil
 import time
 import uuid
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Any
@@ -830,6 +830,7 @@ WS_CLOSE = {"bad_message": 4400, "missing_token": 4401, "wrong_token": 4403, "un
             "stream_replaced": 4409, "session_ended": 4410, "no_worker": 4503, "internal": 1011,
             "store_down": 1013}
 MAX_ID_CHARS = 128  # a client's frame id is echoed in its answer and kept with the frame: keep it small
+READ_AHEAD, READ_AHEAD_BYTES = 256, 32 << 20  # frames a stream reads ahead of the worker at most, and bytes
 
 
 def _count(text: str | None, name: str, low: int) -> int | None:
@@ -862,6 +863,9 @@ class StreamHandler:
         self.send_lock = asyncio.Lock()
         self.closed = False
         self.claim = uuid.uuid4().hex  # this stream's claim on the session (one stream per session)
+        self.backlog: deque[tuple[float, Any, bytes]] = deque()  # mode all: frames read ahead, not yet sent
+        self.backlog_bytes = 0
+        self.pump_lock = asyncio.Lock()
 
     async def close(self, code: int, reason: str) -> None:
         if not self.closed:
@@ -980,16 +984,19 @@ class StreamHandler:
         await self.close(WS_CLOSE["store_down"], "store unavailable, retry")
 
     async def _drained(self) -> None:
-        while self.inflight or self.waiting:
+        while self.inflight or self.waiting or self.backlog:
             self.slot.clear()
             await self.slot.wait()
 
     async def _receive(self) -> None:
-        """Read client messages; bounded in-flight frames (all: wait; latest: keep only the newest)."""
+        """Read client messages; bounded in-flight frames (all: queue a bounded read-ahead, then wait;
+        latest: keep only the newest). Reading ahead keeps the socket moving, so a sender that does not wait
+        for answers still gets its keepalive pings answered; past READ_AHEAD the socket waits (TCP
+        backpressure)."""
         s = self.svc.s
         while True:
             if self.mode == "all":
-                while len(self.inflight) >= self.limit:
+                while self.backlog and (self.backlog_bytes >= READ_AHEAD_BYTES or len(self.backlog) >= READ_AHEAD):
                     self.slot.clear()
                     await self.slot.wait()
             msg = await self.ws.receive()
@@ -1045,7 +1052,18 @@ class StreamHandler:
                     await self.send({"type": "skipped", "id": self.waiting[1]})
                 self.waiting = (t0, client_id, data)
                 continue
-            await self._submit(t0, client_id, data)
+            self.backlog.append((t0, client_id, data))
+            self.backlog_bytes += len(data)
+            await self._pump()
+
+    async def _pump(self) -> None:
+        """Frames read ahead go to the session, in order, while fewer than max_inflight are at the worker.
+        One pump at a time: the receiver and the relay both call it, and seqs must follow the order read."""
+        async with self.pump_lock:
+            while self.backlog and len(self.inflight) < self.limit:
+                t0, client_id, data = self.backlog.popleft()
+                self.backlog_bytes -= len(data)
+                await self._submit(t0, client_id, data)
 
     async def _submit(self, t0: float, client_id: Any, data: bytes) -> None:
         """One round trip: the frame goes into the session's frames stream, numbered by the next seq.
@@ -1091,6 +1109,7 @@ class StreamHandler:
         if self.waiting is not None and len(self.inflight) < self.limit:
             w, self.waiting = self.waiting, None
             await self._submit(*w)
+        await self._pump()
         self.slot.set()
 
     async def _check_owner(self) -> None:

@@ -51,7 +51,11 @@ def _uvicorn(app: object, s: Settings) -> None:
 
     uvicorn.run(app, host=s.host, port=s.port, log_config=None, log_level=s.log_level.lower(),
                 # a frame of LWL_MAX_UPLOAD_MB fits as binary and as a base64 JSON envelope (4/3 + its fields)
-                ws_max_size=s.max_upload_bytes * 4 // 3 + 65536, timeout_graceful_shutdown=5)
+                ws_max_size=s.max_upload_bytes * 4 // 3 + 65536,
+                # keepalive pings still go out (proxies, NATs), but a late pong does not close the stream: in
+                # mode=all the api stops reading a fast sender's socket (backpressure), so its pong waits behind
+                # the frames it sent before; a dead stream is found by its session's TTL and by a newer stream
+                ws_ping_interval=20.0, ws_ping_timeout=None, timeout_graceful_shutdown=5)
 
 
 def cmd_api(args: argparse.Namespace) -> int:

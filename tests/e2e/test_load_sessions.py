@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import os
 import time
 
 import httpx
@@ -17,17 +18,22 @@ from conftest import first_mask, jpeg_bytes, make_frame
 
 from model.media import encode_label_png
 
-SESSIONS, FRAMES = 16, 50
+SESSIONS, FRAMES = 16, int(os.environ.get("LWL_LOAD_FRAMES", "50"))  # make load: 200
 
 
-async def _session(url: str, seed: int) -> tuple[str, list[dict]]:
+def _frames(seed: int) -> list[str]:
+    """A session's frames, encoded before any stream opens (encoding 16 x 200 JPEGs inside the event loop
+    would stall it past the WebSocket keepalive of the streams already open)."""
+    return [base64.b64encode(jpeg_bytes(make_frame(i % 20, seed))).decode() for i in range(1, FRAMES + 1)]
+
+
+async def _session(url: str, seed: int, images: list[str]) -> tuple[str, list[dict]]:
     """Create a session, then send FRAMES frames (mode=all, ids 1..FRAMES) while reading the answers."""
     async with httpx.AsyncClient(base_url=url, timeout=120) as c:
         r = await c.post("/v1/sessions", files={"image": jpeg_bytes(make_frame(0, seed)),
                                                  "mask": encode_label_png(first_mask())})
         assert r.status_code == 201, r.text
         created = r.json()
-    images = [base64.b64encode(jpeg_bytes(make_frame(i % 20, seed))).decode() for i in range(1, FRAMES + 1)]
     answers: list[dict] = []
     async with websockets.connect(created["ws_url"] + "&max_inflight=4", max_size=None) as ws:
         assert json.loads(await ws.recv())["type"] == "ready"
@@ -54,8 +60,10 @@ def test_16_sessions_50_frames_two_workers(cluster_factory) -> None:  # noqa: AN
     c.start("worker", LWL_WORKER_ID="load-b")
     c.wait_ready(workers=2)
 
+    frames = [_frames(seed) for seed in range(SESSIONS)]
+
     async def main() -> list[tuple[str, list[dict]]]:
-        return await asyncio.gather(*(_session(c.url, seed) for seed in range(SESSIONS)))
+        return await asyncio.gather(*(_session(c.url, seed, frames[seed]) for seed in range(SESSIONS)))
 
     t0 = time.monotonic()
     runs = asyncio.run(main())
