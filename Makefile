@@ -4,7 +4,7 @@ VENV    ?= .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 
-.PHONY: install demo test lint lint-deploy bench bench-service clean train-default screenshots fuzz
+.PHONY: install demo test lint lint-deploy bench bench-service clean train-default screenshots fuzz load
 
 # The tested torch pins first (pyproject.toml gives ranges; the Dockerfile pins the same versions), then
 # the project with every extra the tests use.
@@ -43,6 +43,11 @@ screenshots: $(STAMP)
 ## every check (no server error, answers as documented); the suite runs a few examples, server errors only
 fuzz: $(STAMP)
 	LWL_FUZZ_EXAMPLES=200 LWL_FUZZ_CHECKS=all OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -s tests/e2e/test_fuzz_api.py
+
+## load: 16 sessions x 200 frames sent without waiting, over lwl api + two workers on Redis (the suite: x 50)
+load: $(STAMP)
+	bash .ci/ensure-redis.sh
+	LWL_LOAD_FRAMES=200 OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -s tests/e2e/test_load_sessions.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
