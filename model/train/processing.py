@@ -95,6 +95,9 @@ class ProcessingParams:
     max_log_scale: float = 0.2
     brightness: float = 0.2
     affine: bool = True  # False for box-init training
+    # Boxes handed to the box encoder, drawn as people draw them: each side moved by up to this fraction of
+    # the box's size, in or out (0 = the tight box). The mask to learn stays the object's.
+    box_side_jitter: float = 0.0
 
 
 class LWLProcessing:
@@ -110,6 +113,19 @@ class LWLProcessing:
         sz = math.sqrt(max(wh[0] * wh[1], 1.0))
         c = c + sz * np.asarray(center) * (self.rng.random(2) - 0.5)
         return np.concatenate([c - 0.5 * wh, wh])
+
+    def _user_box(self, box: np.ndarray, img_w: int, img_h: int) -> np.ndarray:
+        """The tight box with each side moved in or out by up to box_side_jitter of its size, kept in the
+        image and at least a pixel wide."""
+        j = self.p.box_side_jitter
+        if j <= 0:
+            return box
+        x, y, w, h = (float(v) for v in box)
+        dl, dr = self.rng.uniform(-j, j, 2) * w
+        dt, db = self.rng.uniform(-j, j, 2) * h
+        x0, x1 = max(0.0, x - dl), min(float(img_w), x + w + dr)
+        y0, y1 = max(0.0, y - dt), min(float(img_h), y + h + db)
+        return np.asarray([x0, y0, max(1.0, x1 - x0), max(1.0, y1 - y0)], np.float64)
 
     def __call__(self, raw: RawSample) -> dict[str, torch.Tensor]:
         p = self.p
@@ -145,7 +161,8 @@ class LWLProcessing:
                 win = crop_window(jb, img.shape[-1], img.shape[-2], out_w, out_h, p.search_factor)
                 ci, cm = crop_resize(img, m, win, (out_h, out_w))
                 sx, sy = out_w / (win[2] - win[0]), out_h / (win[3] - win[1])
-                cb = torch.tensor([(box[0] - win[0]) * sx, (box[1] - win[1]) * sy, box[2] * sx, box[3] * sy])
+                ub = self._user_box(box, img.shape[-1], img.shape[-2])
+                cb = torch.tensor([(ub[0] - win[0]) * sx, (ub[1] - win[1]) * sy, ub[2] * sx, ub[3] * sy])
                 if p.affine:
                     ci, cm = random_affine(ci, cm, self.rng, p.max_rotation, p.max_log_scale)
                 ci = (ci * self.rng.uniform(1 - p.brightness, 1 + p.brightness)).clamp(0, 255)

@@ -124,3 +124,17 @@ def test_shared_davis2016_loads() -> None:
     ds = DavisDataset(SHARED, sequences=["bmx-bumps"])
     areas = ds.object_areas(0)[1]
     assert len(areas) == 90 and (areas == 0).sum() == 14
+
+
+def test_user_boxes_move_each_side_within_the_jitter_and_stay_in_the_image() -> None:
+    """box_side_jitter: the box encoder learns from boxes drawn a little loose or tight, as people draw them."""
+    box = np.asarray([20.0, 10.0, 50.0, 40.0])
+    assert LWLProcessing(ProcessingParams())._user_box(box, 100, 80) is box  # off by default: the tight box
+    proc = LWLProcessing(ProcessingParams(box_side_jitter=0.1), seed=3)
+    got = np.stack([proc._user_box(box, 100, 80) for _ in range(200)])
+    x0, y0, x1, y1 = got[:, 0], got[:, 1], got[:, 0] + got[:, 2], got[:, 1] + got[:, 3]
+    assert np.all(np.abs(x0 - 20) <= 5 + 1e-9) and np.all(np.abs(x1 - 70) <= 5 + 1e-9)
+    assert np.all(np.abs(y0 - 10) <= 4 + 1e-9) and np.all(np.abs(y1 - 50) <= 4 + 1e-9)
+    assert (x0 < 20).any() and (x0 > 20).any()  # looser and tighter both occur
+    edge = np.stack([proc._user_box(np.asarray([0.0, 0.0, 30.0, 30.0]), 100, 80) for _ in range(50)])
+    assert edge[:, :2].min() >= 0  # never past the image
