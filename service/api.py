@@ -268,6 +268,25 @@ class Service:
                            f"{setting} allows; delete one or wait for one to end",
                            headers={"Retry-After": "5"})
 
+    async def job_counts(self) -> dict[str, int]:
+        """Jobs by state (the jobs retention has not removed yet)."""
+        counts = {"queued": 0, "running": 0, "done": 0, "failed": 0}
+        for jid in await self.b.job_ids():
+            rec = await self.b.get_job(jid)
+            if rec and rec.get("state") in counts:
+                counts[rec["state"]] += 1
+        return counts
+
+    async def check_job_room(self) -> None:
+        """LWL_MAX_QUEUED_JOBS: queued + running jobs of the whole deployment, whoever sent them (uploads
+        wait on the results volume until a worker takes them)."""
+        counts = await self.job_counts()
+        active = counts["queued"] + counts["running"]
+        if active >= self.s.max_queued_jobs:
+            raise ApiError(503, "queue_full", f"{active} jobs are queued or running, the most "
+                           f"LWL_MAX_QUEUED_JOBS={self.s.max_queued_jobs} allows; retry later",
+                           headers={"Retry-After": "10"})
+
     async def candidates(self, model: str | None = None) -> list[dict[str, Any]]:
         """Live workers with room, most free capacity first."""
         ws = [w for w in await self.b.live_workers() if w.get("free", 0) > 0 and not w.get("draining")]
@@ -511,12 +530,7 @@ def create_app(settings: Settings, backend: RedisBackend | MemoryBackend, worker
              responses={200: {"content": {CONTENT_TYPE_LATEST.split(";")[0]: {}}, "description": "Prometheus text"}})
     async def metrics() -> Response:
         """Prometheus metrics."""
-        counts = {"queued": 0, "running": 0, "done": 0, "failed": 0}
-        for jid in await backend.job_ids():
-            rec = await backend.get_job(jid)
-            if rec and rec.get("state") in counts:
-                counts[rec["state"]] += 1
-        for k, v in counts.items():
+        for k, v in (await svc.job_counts()).items():
             obs.JOBS.labels(k).set(v)
         if worker is None:
             obs.ACTIVE_SESSIONS.set(len(await backend.session_ids()))
@@ -701,6 +715,7 @@ def create_app(settings: Settings, backend: RedisBackend | MemoryBackend, worker
         crop_size: Annotated[str | None, Form()] = None,
     ) -> dict[str, Any]:
         """Submit a whole video: 202 and a job id; poll GET /v1/jobs/{id}."""
+        await svc.check_job_room()
         try:
             parse_crop(crop_size)
         except ValueError as exc:

@@ -47,6 +47,7 @@ class Settings(BaseSettings):
     max_crop_pixels: int = Field(0, ge=0)  # crop H*W a client may ask for; 0 = 4x the model's default crop
     max_session_state_mb: float = Field(1024, gt=0)  # tracker memory of one session at a full few-shot memory
     worker_state_mb: float = Field(8192, gt=0)  # tracker memory of all sessions of one worker (admission)
+    max_queued_jobs: int = Field(64, ge=1)  # queued + running video jobs of the deployment (503 queue_full)
     # Access control and job retention (docs/API.md "Access control", "Video jobs").
     api_keys: str = ""  # name:sha256:<hex> or name:<key>, comma/space separated; empty = no key needed
     max_sessions_per_key: int = Field(16, ge=0)  # live sessions one API key may hold (0 = no limit)

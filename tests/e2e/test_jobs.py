@@ -15,7 +15,7 @@ import pytest
 from conftest import first_mask, lwl_segment, make_frame
 
 from model.media import encode_label_png, iter_video_frames
-from service.client import Client
+from service.client import Client, JobRef
 from service.codec import rle_decode
 
 
@@ -81,3 +81,27 @@ def test_video_job_survives_api_restart(cluster_factory, weights, tmp_path) -> N
     assert sorted(p.name for p in (tmp_path / "results" / "jobs" / jid).iterdir()) == [
         "masks.zip", "overlay.mp4", "rle.json"]
     assert client.http.get("/v1/jobs/nope").status_code == 404
+
+
+def test_the_job_queue_has_a_limit(cluster_factory, tmp_path) -> None:  # noqa: ANN001
+    """LWL_MAX_QUEUED_JOBS: with that many jobs queued or running, the next upload is refused with 503
+    queue_full and Retry-After (nothing stored); once they end, jobs are taken again."""
+    import httpx
+
+    video = tmp_path / "clip.mp4"
+    _write_video(video, 40)
+    c = cluster_factory(False, LWL_MAX_QUEUED_JOBS="1")
+    c.start("serve")
+    c.wait_ready(workers=1)
+    files = {"video": video.read_bytes(), "mask": encode_label_png(first_mask())}
+    first = httpx.post(f"{c.url}/v1/jobs", files=files, timeout=60)
+    assert first.status_code == 202, first.text
+    full = httpx.post(f"{c.url}/v1/jobs", files=files, timeout=60)
+    assert full.status_code == 503 and full.json()["code"] == "queue_full", full.text
+    assert int(full.headers["Retry-After"]) >= 1
+    jobs = c.tmp / "results" / "jobs"
+    assert [p.name for p in jobs.iterdir()] == [first.json()["job_id"]]  # the refused upload left nothing
+    client = Client(c.url)
+    client.wait_job(JobRef(first.json()["job_id"], first.json()["token"]), progress=False, timeout=300)
+    again = httpx.post(f"{c.url}/v1/jobs", files=files, timeout=60)
+    assert again.status_code == 202, again.text
