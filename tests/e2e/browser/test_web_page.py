@@ -357,7 +357,10 @@ def test_correction_added_and_removed_object_change_what_comes_back(serve_tiny, 
     sid = page.evaluate("() => window.lwl.sessionId")
     page.keyboard.press("Escape")  # stop: the session is deleted
     wait(page, "window.lwl.sessionId === null", 30)
-    assert httpx.get(f"{serve_tiny.url}/v1/sessions/{sid}").status_code == 404
+    end = time.monotonic() + 30  # the page forgets the session first, then its DELETE completes
+    while httpx.get(f"{serve_tiny.url}/v1/sessions/{sid}").status_code != 404 and time.monotonic() < end:
+        time.sleep(0.2)
+    assert httpx.get(f"{serve_tiny.url}/v1/sessions/{sid}").status_code == 404  # deleted, not only left
     assert errors == []
 
 
