@@ -22,7 +22,6 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
-import numpy as np
 from fastapi import FastAPI, File, Form, Header, Query, Request, UploadFile, WebSocket, WebSocketDisconnect
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
@@ -140,11 +139,11 @@ def check_objects(hw: tuple[int, int], mask: bytes | None, boxes: dict[int, list
     """Mask/box checks against the frame size and the object limit, before any model work; returns the
     object ids they define. Boxes are clipped to the frame in place. `have`: ids the session tracks already."""
     from model.media import read_label_png  # numpy + Pillow only
+    from model.video import Annotation  # no torch
 
     if mask is None and not boxes:
         raise ApiError(400, "no_objects", "give a mask (indexed PNG) or boxes for at least one object")
     have = have or []
-    check_count(len(boxes or {}), max_objects, len(have))
     ids: list[int] = []
     if mask is not None:
         check_mask(mask, hw, max_pixels)
@@ -152,13 +151,13 @@ def check_objects(hw: tuple[int, int], mask: bytes | None, boxes: dict[int, list
             lab = read_label_png(mask)
         except InputError as exc:
             raise ApiError(400, "bad_mask", _plain(exc)) from None
-        present = [int(v) for v in np.unique(lab) if v not in (0, 255)]
+        present = Annotation(mask=lab).mask_ids()
         if not present:
             raise ApiError(400, "empty_mask", "mask is empty: it has no object pixels")
         ids += [i for i in present if i not in have]
         if not ids and have and not boxes:
             raise ApiError(400, "no_objects", f"the mask has no new object id: tracked objects are {have}")
-        check_count(len(ids) + len(boxes or {}), max_objects, len(have))
+    check_count(len(ids) + len(boxes or {}), max_objects, len(have))
     for oid, box in (boxes or {}).items():
         if not (1 <= oid <= 254):
             raise ApiError(400, "bad_object_id", f"object id {oid} must be between 1 and 254")

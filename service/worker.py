@@ -32,6 +32,7 @@ import numpy as np
 
 from model.errors import InputError
 from model.tracker import step_many
+from model.video import Annotation
 from service import jobs as jobfiles
 from service import obs
 from service.backends import STORE_ERRORS, Answer, Commit, Input, MemoryBackend, RedisBackend, id_order
@@ -288,6 +289,9 @@ class Worker:
         info = self.info()
         obs.ACTIVE_SESSIONS.set(info["sessions"])
         obs.DEVICE_MEMORY.set(info["memory_bytes"])
+        obs.STATE_BYTES.set(info["state_bytes"])
+        for scope in ("total", "max_session"):
+            obs.STORE_BYTES.labels(scope).set(info["store_bytes"][scope])
         try:
             await self.b.heartbeat(self.id, info, ttl_s=3 * self.s.heartbeat_s)
         except STORE_ERRORS:
@@ -668,8 +672,7 @@ class Worker:
         def create() -> tuple[HeldSession, dict[str, Any], bytes]:
             frame = self._decode(blobs[0])
             mask, boxes = self._objects_args(h, blobs)
-            ids = set(np.unique(mask).tolist()) - {0, 255} if mask is not None else set()
-            self._admit(frame.shape[:2], len(ids | set(boxes or {})), crop)  # before any model work
+            self._admit(frame.shape[:2], len(Annotation(mask, boxes).ids()), crop)  # before any model work
             tracker = self.model.new_tracker(crop_size=crop)
             res, ms = _timed_model(lambda: tracker.step(frame, mask=mask, boxes=boxes))
             obs.FRAMES.inc()
@@ -708,19 +711,13 @@ class Worker:
         """Bytes this worker's sessions keep in the store: snapshots and replay logs (total and the largest
         session), reported in the heartbeat and as lwl_store_bytes."""
         per = [sum(hs.store_bytes) for hs in list(self.sessions.values())]
-        out = {"total": sum(per), "max_session": max(per, default=0),
-               "snapshots": sum(hs.store_bytes[0] for hs in list(self.sessions.values()))}
-        obs.STORE_BYTES.labels("total").set(out["total"])
-        obs.STORE_BYTES.labels("max_session").set(out["max_session"])
-        return out
+        return {"total": sum(per), "max_session": max(per, default=0),
+                "snapshots": sum(hs.store_bytes[0] for hs in list(self.sessions.values()))}
 
     def held_state_bytes(self, skip: str = "") -> int:
         """The state bound of every session held here (but `skip`)."""
-        total = sum(self._state_bytes(hs.tracker.frame_hw or (0, 0), len(hs.tracker.object_ids), hs.tracker.crop_hw)
-                    for sid, hs in list(self.sessions.items()) if sid != skip)
-        if not skip:
-            obs.STATE_BYTES.set(total)
-        return total
+        return sum(self._state_bytes(hs.tracker.frame_hw or (0, 0), len(hs.tracker.object_ids), hs.tracker.crop_hw)
+                   for sid, hs in list(self.sessions.items()) if sid != skip)
 
     def _admit(self, frame_hw: tuple[int, int], n_objects: int, crop: tuple[int, int] | None,
                sid: str = "") -> None:
@@ -759,8 +756,8 @@ class Worker:
         mask, boxes = self._objects_args(h, [b""] + blobs)
         fmt = h.get("fmt", "png")
         tr = (await self._held(h["sid"])).tracker
-        new = (set(np.unique(mask).tolist()) - {0, 255} if mask is not None else set()) | set(boxes or {})
-        self._admit(tr.frame_hw or (0, 0), len(set(tr.object_ids) | new), tr.crop_hw, sid=h["sid"])
+        new = Annotation(mask, boxes).ids()
+        self._admit(tr.frame_hw or (0, 0), len(set(tr.object_ids) | set(new)), tr.crop_hw, sid=h["sid"])
         return await self._control(h, lambda tr: self._result_of(lambda: tr.add_objects(mask=mask, boxes=boxes),
                                                                  fmt))
 
@@ -882,7 +879,7 @@ class Worker:
         """One video job through the model's video pipeline (as `lwl segment`): masks zip, RLE, overlay."""
         from model.media import FrameSource, encode_label_png, read_label_png
         from model.overlay import OverlayWriter
-        from model.video import Annotation, segment_video
+        from model.video import segment_video
 
         d = Path(self.s.results_dir) / "jobs" / jid
         init = int(rec.get("init_frame") or 0)
@@ -890,10 +887,10 @@ class Worker:
         boxes = {int(k): tuple(v) for k, v in json.loads(rec.get("boxes") or "{}").items()} or None
         try:  # the same limits as a session, before any model work
             crop = self._crop(rec.get("crop_size"))
-            ids = set(np.unique(mask).tolist()) - {0, 255} if mask is not None else set()
-            if len(ids | set(boxes or {})) > self.s.max_objects:
-                raise OpError(400, "too_many_objects", f"{len(ids | set(boxes or {}))} objects: a job tracks at "
-                              f"most LWL_MAX_OBJECTS={self.s.max_objects}")
+            n = len(Annotation(mask, boxes).ids())
+            if n > self.s.max_objects:
+                raise OpError(400, "too_many_objects", f"{n} objects: a job tracks at most "
+                              f"LWL_MAX_OBJECTS={self.s.max_objects}")
         except OpError as e:
             raise InputError(e.detail) from None
         overlay = OverlayWriter(d / "overlay.mp4.part", fps=float(rec.get("fps") or 25.0))

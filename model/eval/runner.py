@@ -94,8 +94,7 @@ def start_annotation(ann: np.ndarray, start: str = "mask") -> Annotation:
     mask = np.where(ann == 255, 0, ann).astype(np.uint8)
     if start == "mask":
         return Annotation(mask=mask)
-    ids = [int(v) for v in np.unique(mask) if v != 0]
-    return Annotation(boxes={i: tuple(float(v) for v in mask_to_box(mask == i)) for i in ids})
+    return Annotation(boxes={i: tuple(float(v) for v in mask_to_box(mask == i)) for i in Annotation(mask).mask_ids()})
 
 
 class CopyFirstModel:
@@ -115,7 +114,7 @@ class CopyFirstModel:
                 for oid, (x, y, w, h) in sorted((boxes or {}).items()):
                     labels[int(y) : int(y + h), int(x) : int(x + w)] = oid
                 self.labels = np.where(mask > 0, mask, labels).astype(np.uint8) if mask is not None else labels
-                self.object_ids = [int(v) for v in np.unique(self.labels) if v not in (0, 255)]
+                self.object_ids = Annotation(self.labels).mask_ids()
             labels = self.labels if self.labels is not None else np.zeros(frame.shape[:2], np.uint8)
             return SimpleNamespace(labels=labels, objects={})
 
