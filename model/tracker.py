@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass, field
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -266,6 +267,13 @@ class Tracker:
     # -- export / import --------------------------------------------------------------------------------
     def export_state(self) -> bytes:
         """Everything needed to continue this video elsewhere (torch.save of tensors and plain data)."""
+        buf = io.BytesIO()
+        self.write_state(buf)
+        return buf.getvalue()
+
+    def write_state(self, fp: BinaryIO) -> None:
+        """export_state into a binary file. Written without zip CRCs: a service snapshots a session every
+        few frames (tens of MB), and the checksums were a fifth of that time; the reader does not need them."""
         last = self._last_frame
         state = {
             "version": STATE_VERSION,
@@ -278,9 +286,12 @@ class Tracker:
             "prob": {int(k): v for k, v in self._prob.items()},
             "targets": [t.to_state() for t in self.targets.values()],
         }
-        buf = io.BytesIO()
-        torch.save(state, buf)
-        return buf.getvalue()
+        crc = torch.serialization.get_crc32_options()
+        torch.serialization.set_crc32_options(False)
+        try:
+            torch.save(state, fp)
+        finally:
+            torch.serialization.set_crc32_options(crc)
 
     @classmethod
     def restore(cls, net: LWLNet, blob: bytes, device: torch.device | str = "cpu") -> Tracker:

@@ -10,7 +10,8 @@ import base64
 import io
 import json
 import struct
-from typing import Any
+from collections.abc import Callable
+from typing import Any, BinaryIO
 
 import numpy as np
 from PIL import Image
@@ -20,9 +21,11 @@ from model.rle import rle_decode, rle_encode  # noqa: F401  (re-exported: part o
 
 def pack(header: dict[str, Any], *blobs: bytes) -> tuple[bytes, bytes]:
     """(header JSON, body) with the blob lengths recorded in header["parts"]."""
-    h = dict(header)
-    h["parts"] = [len(b) for b in blobs]
-    return json.dumps(h, separators=(",", ":")).encode(), b"".join(blobs)
+    return _header(header, [len(b) for b in blobs]), b"".join(blobs)
+
+
+def _header(header: dict[str, Any], parts: list[int]) -> bytes:
+    return json.dumps({**header, "parts": parts}, separators=(",", ":")).encode()
 
 
 def unpack(header: bytes | str, body: bytes) -> tuple[dict[str, Any], list[bytes]]:
@@ -49,9 +52,23 @@ def splice(obj: bytes, fields: dict[str, Any]) -> bytes:
 
 
 def frame_bytes(header: dict[str, Any], *blobs: bytes) -> bytes:
-    """One self-contained record (used for the replay log): 4-byte header length, header, body."""
-    h, body = pack(header, *blobs)
-    return struct.pack(">I", len(h)) + h + body
+    """One self-contained record: 4-byte header length, header, body."""
+    h = _header(header, [len(b) for b in blobs])
+    return b"".join([struct.pack(">I", len(h)), h, *blobs])
+
+
+def written_frame_bytes(header: dict[str, Any], write: Callable[[BinaryIO], None]) -> bytes:
+    """frame_bytes of one blob that `write` writes, built in one buffer: a worker's snapshot is tens of
+    MB, and copying it once more cost as much as writing it. The header's room is reserved before the
+    blob (its length is known only after) and padded with spaces, which JSON ignores."""
+    room = len(_header(header, [10**15]))
+    buf = io.BytesIO()
+    buf.write(bytes(4 + room))
+    write(buf)
+    h = _header(header, [buf.tell() - 4 - room])
+    buf.seek(0)
+    buf.write(struct.pack(">I", room) + h.ljust(room))
+    return buf.getvalue()
 
 
 def parse_frame_bytes(data: bytes) -> tuple[dict[str, Any], list[bytes]]:

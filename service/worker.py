@@ -3,8 +3,10 @@
 Frames do not pass through the work stream: the api appends each one to its session's frames stream
 (`P:frames:<sid>`), and the worker reads its work stream and the frames streams of the sessions it
 holds in one blocking read. A frame costs the worker that read (shared by whatever arrived at once)
-and one write, a script that publishes the result, touches the session and, every
-LWL_SNAPSHOT_EVERY frames, stores the tracker state and trims the frames it covers.
+and one write, a script that publishes the result and touches the session. Every LWL_SNAPSHOT_EVERY
+frames, after that frame's result is out, a second script stores the tracker state and trims the
+frames it covers; it runs while the next frame is stepped, so the snapshot (tens of MB) delays no
+answer.
 
 Recovery: the frames stream after the last snapshot is the replay log. A worker that is handed a
 session it does not hold (`adopt`, or any op for it) restores the snapshot, steps the frames after
@@ -36,7 +38,7 @@ from model.video import Annotation
 from service import jobs as jobfiles
 from service import obs
 from service.backends import STORE_ERRORS, Answer, Commit, Input, MemoryBackend, RedisBackend, id_order
-from service.codec import b64, binary_png, frame_bytes, pack, parse_frame_bytes, rle_encode, unpack
+from service.codec import b64, binary_png, pack, parse_frame_bytes, rle_encode, unpack, written_frame_bytes
 from service.settings import Settings, parse_crop
 
 log = logging.getLogger("lwl.worker")
@@ -62,6 +64,7 @@ class HeldSession:
     last_active: float = field(default_factory=time.monotonic)
     frame_id: str = "0"  # id of the last entry of the session's frames stream handled here
     store_bytes: list[int] = field(default_factory=lambda: [0, 0])  # in the store: [snapshot, replay log]
+    snapshot_write: asyncio.Task | None = field(default=None, repr=False, compare=False)  # in flight, if any
 
     def applied(self, seq: int, frame_id: str, nbytes: int = 0) -> None:
         """Remember a frame as applied (bounded memory) and where the frames stream continues; its bytes
@@ -76,7 +79,7 @@ class HeldSession:
     def snapshot(self) -> bytes:
         """The tracker state with what a restoring worker needs to skip and replay the right frames."""
         head = {"seq": self.last_seq, "recent": self.recent, "frame_id": self.frame_id}
-        return frame_bytes(head, self.tracker.export_state())
+        return written_frame_bytes(head, self.tracker.write_state)
 
 
 Done = tuple[dict[str, Any] | None, Commit | None]  # an op's message to answer, and the session writes with it
@@ -227,6 +230,7 @@ class Worker:
             hs = self.sessions.get(sid)
             if hs is None:  # evicted or lost meanwhile
                 continue
+            await self._settled(hs)
             snap = await self._run(self._take_snapshot, hs)
             commit = self._commit(sid, hs, [], snap, worker=target["id"], moved_since=since, moved_cause="drain")
             try:
@@ -362,7 +366,9 @@ class Worker:
 
     async def _forget(self, sid: str, reason: str) -> None:
         """Drop a session's tracker and all its stored data."""
-        self.sessions.pop(sid, None)
+        hs = self.sessions.pop(sid, None)
+        if hs is not None:
+            await self._settled(hs)  # a snapshot landing after the delete would outlive the session
         await self.b.delete_session(sid)
         await self.b.drop_results(sid)
         log.info("session ended", extra={"session_id": sid, "worker_id": self.id, "reason": reason})
@@ -439,12 +445,12 @@ class Worker:
             return
         outs = await self._run(self._compute_frames, [(hs, eid, int(h["seq"]), blobs[0], h.get("fmt", "png"))
                                                       for _, hs, eid, h, blobs in todo])
-        for (sid, hs, _, h, _), (out, snap) in zip(todo, outs, strict=True):
-            await self._publish_frame(sid, hs, self._answer(out, sid, int(h["seq"]), h.get("req", ""), h.get("id")),
-                                      snap)
+        for (sid, hs, _, h, _), out in zip(todo, outs, strict=True):
+            await self._publish_frame(sid, hs, self._answer(out, sid, int(h["seq"]), h.get("req", ""), h.get("id")))
+        for sid, hs, *_ in todo:
+            await self._snapshot_if_due(sid, hs)
 
-    def _compute_frames(self, work: list[tuple[HeldSession, str, int, bytes, str]]
-                        ) -> list[tuple[dict[str, Any], bytes | None]]:
+    def _compute_frames(self, work: list[tuple[HeldSession, str, int, bytes, str]]) -> list[dict[str, Any]]:
         """Compute thread, several sessions: decode each, step the good ones together, encode each. A frame
         that fails alone (a bad image, a wrong size) is answered with its error; the others go on."""
         frames: dict[int, np.ndarray] = {}
@@ -468,12 +474,9 @@ class Worker:
             except Exception:  # noqa: BLE001 - step them one by one so one failure stays one failure
                 for k in good:
                     outs[k] = self._step_one(work[k][0], frames[k], work[k][4])
-        done = []
-        for k, (hs, eid, seq, image, _) in enumerate(work):
+        for hs, eid, seq, image, _ in work:
             hs.applied(seq, eid, len(image))
-            due = hs.frames_since_snapshot >= self.s.snapshot_every
-            done.append((outs[k], self._take_snapshot(hs) if due else None))
-        return done
+        return [outs[k] for k in range(len(work))]
 
     def _step_one(self, hs: HeldSession, frame: np.ndarray, fmt: str) -> dict[str, Any]:
         try:
@@ -491,13 +494,13 @@ class Worker:
         if seq in hs.recent:  # already applied; its answer went out then
             hs.frame_id = eid
             return
-        out, snap = await self._run(self._compute_frame, hs, eid, seq, blobs[0], h.get("fmt", "png"), True)
-        await self._publish_frame(sid, hs, self._answer(out, sid, seq, req, h.get("id")), snap)
+        out = await self._run(self._compute_frame, hs, eid, seq, blobs[0], h.get("fmt", "png"))
+        await self._publish_frame(sid, hs, self._answer(out, sid, seq, req, h.get("id")))
+        await self._snapshot_if_due(sid, hs)
 
-    def _compute_frame(self, hs: HeldSession, eid: str, seq: int, image: bytes, fmt: str,
-                       may_snapshot: bool) -> tuple[dict[str, Any], bytes | None]:
-        """Compute thread: the frame's result message (or error message), and a snapshot when one is due.
-        The frame counts as applied either way, so a replay after failover does the same."""
+    def _compute_frame(self, hs: HeldSession, eid: str, seq: int, image: bytes, fmt: str) -> dict[str, Any]:
+        """Compute thread: the frame's result message (or error message). The frame counts as applied
+        either way, so a replay after failover does the same."""
         try:
             frame = self._decode(image)
             res, ms = self._model_step(hs.tracker, frame)
@@ -506,8 +509,7 @@ class Worker:
         except Exception as e:  # noqa: BLE001 - one bad frame must not end the session
             out = _error_message(e, sid="", op="frame")
         hs.applied(seq, eid, len(image))
-        due = may_snapshot and hs.frames_since_snapshot >= self.s.snapshot_every
-        return out, self._take_snapshot(hs) if due else None
+        return out
 
     def _decode(self, image: bytes) -> np.ndarray:
         """The only full decode of a frame (the api reads its header only)."""
@@ -554,17 +556,50 @@ class Worker:
         body = json.dumps(out, separators=(",", ":")).encode()
         return Answer(body, str(out.get("type", "")), int(seq or 0), req or "")
 
-    async def _publish_frame(self, sid: str, hs: HeldSession, answer: Answer, snap: bytes | None) -> None:
-        """The frame's one write: result (or reply), session touch, snapshot when due (retried while the
-        store is down: a retry that writes the result twice is harmless, the relay forwards a seq once)."""
-        commit = self._commit(sid, hs, [answer], snap)
+    async def _publish_frame(self, sid: str, hs: HeldSession, answer: Answer) -> None:
+        """The frame's one write: result (or reply) and session touch (retried while the store is down: a
+        retry that writes the result twice is harmless, the relay forwards a seq once)."""
+        commit = self._commit(sid, hs, [answer])
         if not await self._retry("result", lambda: self.b.commit(commit)):
             self._lost(sid)
 
+    async def _snapshot_if_due(self, sid: str, hs: HeldSession) -> None:
+        """Every LWL_SNAPSHOT_EVERY frames, after the frame's answer is out: serialise the state (compute
+        thread, before the next step changes it) and store it in the background, while the next frame
+        is stepped. One write in flight per session, so snapshots land in order. If the worker dies
+        before it lands, the previous snapshot and the longer replay log restore the same state."""
+        if hs.frames_since_snapshot < self.s.snapshot_every or self.sessions.get(sid) is not hs:
+            return
+        await self._settled(hs)
+        snap = await self._run(self._take_snapshot, hs)
+        commit = self._commit(sid, hs, [], snap, touch=False)
+        hs.snapshot_write = asyncio.create_task(self._write_snapshot(sid, commit))
+
+    async def _write_snapshot(self, sid: str, commit: Commit) -> None:
+        try:
+            if not await self._retry("snapshot", lambda: self.b.commit(commit)):
+                self._lost(sid)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # noqa: BLE001 - the replay log still covers these frames
+            obs.ERRORS.labels("worker").inc()
+            log.exception("snapshot write failed", extra={"session_id": sid, "worker_id": self.id})
+
+    @staticmethod
+    async def _settled(hs: HeldSession) -> None:
+        """Wait for the session's snapshot write in flight (a newer state is about to be written or read)."""
+        task, hs.snapshot_write = hs.snapshot_write, None
+        if task is not None:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
     def _commit(self, sid: str, hs: HeldSession, answers: list[Answer], snap: bytes | None = None,
-                **extra: str) -> Commit:
+                touch: bool = True, **extra: str) -> Commit:
+        """The writes of one op. `touch=False` (a background snapshot) leaves the session's fields alone:
+        landing after the next frame's commit, it must not write older values over newer ones."""
         fields = {"last_active": f"{time.time():.3f}", "frames": str(hs.tracker.frame_index + 1),
-                  "objects": json.dumps(hs.tracker.object_ids), "last_seq": str(hs.last_seq), **extra}
+                  "objects": json.dumps(hs.tracker.object_ids), "last_seq": str(hs.last_seq),
+                  **extra} if touch else {}
         return Commit(sid, self.id, self.s.session_ttl_s, fields, answers, snap,
                       hs.frame_id if snap is not None and hs.frame_id != "0" else "")
 
@@ -626,7 +661,7 @@ class Worker:
             if seq in hs.recent:
                 hs.frame_id = eid
                 continue
-            out, _ = await self._run(self._compute_frame, hs, eid, seq, blobs[0], h.get("fmt", "png"), False)
+            out = await self._run(self._compute_frame, hs, eid, seq, blobs[0], h.get("fmt", "png"))
             replayed += 1
             if seq > published or h.get("req"):
                 answers.append(self._answer(out, sid, seq, h.get("req"), h.get("id")))
@@ -646,6 +681,7 @@ class Worker:
 
     async def _snapshot(self, sid: str) -> None:
         hs = self.sessions[sid]
+        await self._settled(hs)
         snap = await self._run(self._take_snapshot, hs)
         commit = self._commit(sid, hs, [], snap)
         await self._retry("snapshot", lambda: self.b.commit(commit))
@@ -740,6 +776,7 @@ class Worker:
         """add/correct/remove: the call on the tracker, then a snapshot (the replay log holds frames only)."""
         sid = h["sid"]
         hs = await self._held(sid)
+        await self._settled(hs)
 
         def run() -> tuple[Any, bytes]:
             return call(hs.tracker), self._take_snapshot(hs)

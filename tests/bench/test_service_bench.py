@@ -91,6 +91,8 @@ def test_smoke_run_writes_every_figure(tmp_path: Path) -> None:
     for name in ("serve", "api_worker"):
         c = res[name]
         assert isinstance(c["overhead_ms"], float) and c["inflight1"]["frames"] == 6, name
+        beyond = c["overhead_vs_worker_compute_ms"]  # latency minus the worker's compute_ms: positive
+        assert 0 < beyond["p50"] <= beyond["p95"] < c["inflight1"]["p95_ms"], name
         assert [x["sessions"] for x in c["runs"]] == [1, 2]
         for run in c["runs"]:
             assert run["frames"] == 6 * run["sessions"]

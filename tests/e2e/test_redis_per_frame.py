@@ -155,7 +155,10 @@ def test_two_round_trips_per_frame_on_api_and_worker(weights: Path, tmp_path: Pa
         # MONITOR saw what INFO counted, up to the blocking reads that straddle the window's edges
         assert abs(seen - sum(counted.values())) <= 3, report
         assert not [k for k in trips if k.startswith("unknown")], report
-        assert per_frame.get("lwl-api", 0) <= 2 and per_frame.get("lwl-worker-w1", 0) <= 2, report
+        # a frame: 2 on each side; the worker also stores a snapshot every SNAPSHOT_EVERY frames, in a write
+        # of its own after that frame's answer (so the tens of MB delay no answer)
+        assert per_frame.get("lwl-api", 0) <= 2, report
+        assert per_frame.get("lwl-worker-w1", 0) <= 2 + 1 / SNAPSHOT_EVERY, report
         assert trips["lwl-api"] >= FRAMES and trips["lwl-worker-w1"] >= FRAMES, report  # all were seen
         assert sum(v for k, v in cmds.items() if "background" not in k) / FRAMES <= 16, report
 

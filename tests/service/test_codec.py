@@ -5,7 +5,16 @@ import json
 import numpy as np
 import pytest
 
-from service.codec import frame_bytes, pack, parse_frame_bytes, rle_decode, rle_encode, splice, unpack
+from service.codec import (
+    frame_bytes,
+    pack,
+    parse_frame_bytes,
+    rle_decode,
+    rle_encode,
+    splice,
+    unpack,
+    written_frame_bytes,
+)
 
 
 def test_rle_known_value() -> None:
@@ -30,6 +39,17 @@ def test_pack_roundtrip() -> None:
     assert hd["op"] == "frame" and blobs == [b"\x00\xff" * 10, b"", b"abc"]
     hd, blobs = parse_frame_bytes(frame_bytes({"seq": 1}, b"xyz"))
     assert hd["seq"] == 1 and blobs == [b"xyz"]
+
+
+@pytest.mark.parametrize("size", [0, 7, 3 * 2**20 + 1])
+def test_written_frame_bytes_reads_back_like_frame_bytes(size: int) -> None:
+    """A snapshot written straight into its record (header room reserved, then padded) parses as one."""
+    blob = np.random.default_rng(size).integers(0, 256, size, dtype=np.uint8).tobytes()
+    head = {"seq": 12, "recent": list(range(256)), "frame_id": "1700000000000-5"}
+    rec = written_frame_bytes(head, lambda fp: fp.write(blob))
+    hd, blobs = parse_frame_bytes(rec)
+    assert blobs == [blob] and {k: hd[k] for k in head} == head and hd["parts"] == [size]
+    assert parse_frame_bytes(frame_bytes(head, blob))[1] == [blob]
 
 
 def test_splice_adds_fields_to_json_text() -> None:
