@@ -16,26 +16,40 @@ from model.media import DAVIS_PALETTE
 
 
 def outline(labels: np.ndarray) -> np.ndarray:
-    """Pixels of an object that touch another label (or the frame's edge)."""
-    lab = np.pad(labels, 1, mode="edge")
+    """Pixels of an object that touch another label (or the frame's edge). Computed over the objects'
+    bounding box plus a one-pixel margin only: at 1080p the frame is mostly background."""
+    obj = (labels > 0) & (labels != 255)
+    edge = np.zeros(labels.shape, dtype=bool)
+    rows, cols = np.flatnonzero(obj.any(1)), np.flatnonzero(obj.any(0))
+    if rows.size == 0:
+        return edge
+    y0, y1 = max(int(rows[0]) - 1, 0), min(int(rows[-1]) + 2, labels.shape[0])
+    x0, x1 = max(int(cols[0]) - 1, 0), min(int(cols[-1]) + 2, labels.shape[1])
+    lab = np.pad(labels[y0:y1, x0:x1], 1, mode="edge")
     c = lab[1:-1, 1:-1]
-    edge = (c != lab[:-2, 1:-1]) | (c != lab[2:, 1:-1]) | (c != lab[1:-1, :-2]) | (c != lab[1:-1, 2:])
-    edge[0, :] = edge[-1, :] = True
-    edge[:, 0] = edge[:, -1] = True
-    return edge & (labels > 0) & (labels != 255)
+    win = (c != lab[:-2, 1:-1]) | (c != lab[2:, 1:-1]) | (c != lab[1:-1, :-2]) | (c != lab[1:-1, 2:])
+    # the window's border is the frame's edge, or margin that holds no object pixel
+    win[0, :] = win[-1, :] = True
+    win[:, 0] = win[:, -1] = True
+    edge[y0:y1, x0:x1] = win & obj[y0:y1, x0:x1]
+    return edge
 
 
 def draw_overlay(frame: np.ndarray, labels: np.ndarray, boxes: dict[int, tuple] | None = None,
                  alpha: float = 0.5) -> np.ndarray:
-    """The frame with each object's mask blended in its colour, its outline solid, its number at its box."""
-    lab = np.where(labels == 255, 0, labels)
-    colour = DAVIS_PALETTE[lab].astype(np.float32)
-    img = frame.astype(np.float32)
-    on = (lab > 0)[..., None]
-    img = np.where(on, (1 - alpha) * img + alpha * colour, img)
-    edge = outline(lab)
-    img[edge] = colour[edge]
-    out = np.clip(img, 0, 255).astype(np.uint8)
+    """The frame with each object's mask blended in its colour, its outline solid, its number at its box.
+
+    Only object pixels are touched, in 8-bit fixed point (rounded): a 1080p frame took 120-200 ms in
+    float32 over every pixel, which was most of the cost of `lwl segment --overlay`."""
+    lab = np.where(labels == 255, 0, labels).astype(np.uint8, copy=False)
+    out = np.array(frame[..., :3], dtype=np.uint8, copy=True)
+    on = lab > 0
+    if on.any():
+        a = int(round(alpha * 256))
+        colour = DAVIS_PALETTE[lab[on]].astype(np.uint16)
+        out[on] = ((out[on].astype(np.uint16) * (256 - a) + colour * a + 128) >> 8).astype(np.uint8)
+        edge = outline(lab)
+        out[edge] = DAVIS_PALETTE[lab[edge]]
     if boxes:
         out = _numbers(out, boxes)
     return out
@@ -86,6 +100,10 @@ class OverlayWriter:
             raise RuntimeError("no MP4 video encoder in this FFmpeg build")
         self.stream.width, self.stream.height = w, h
         self.stream.pix_fmt = "yuv420p"
+        if self.stream.codec_context.name == "libx264":
+            # a preview, not an archive: x264's default preset took 50 ms more per 1080p frame and
+            # 200 MB more memory for a file 40% larger than this one
+            self.stream.options = {"preset": "veryfast"}
 
     def write(self, frame: np.ndarray, labels: np.ndarray, boxes: dict[int, tuple] | None = None) -> None:
         """Append one RGB frame with its masks drawn on (cropped to even sides, as yuv420p needs)."""
