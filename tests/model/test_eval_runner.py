@@ -160,3 +160,27 @@ def test_bundled_weights_from_a_box_beat_the_box_rectangle() -> None:
             j[name] = float(np.mean(db_eval_iou(labels[1:] > 0, pred[1:] > 0)))
         gains.append(j["model"] - j["rect"])
     assert max(gains) > 0.1 and min(gains) > 0, gains
+
+
+def test_eval_both_starts_in_one_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`lwl eval --init both`: a mask run and a box run, each with its own results, and one table of both."""
+    from model.eval.cli import add_parser
+
+    labs = _make_davis(tmp_path / "data", n=4)
+    labs[0, 10:14, 5:9] = 0  # an L, not a rectangle: its box start differs from its mask start
+    for i, lab in enumerate(labs):
+        im = Image.fromarray(lab, mode="P")
+        im.putpalette([0, 0, 0, 128, 0, 0] + [0] * 762)
+        im.save(tmp_path / "data" / "Annotations" / "sq" / f"{i:05d}.png")
+    ap = argparse.ArgumentParser()
+    add_parser(ap.add_subparsers())
+    args = ap.parse_args(["eval", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "out"),
+                          "--baseline", "copy-first", "--init", "both"])
+    assert args.func(args) == 0
+    res = {s: json.loads((tmp_path / "out" / s / "results.json").read_text()) for s in ("mask", "box")}
+    table = capsys.readouterr().out.split("J&F by start")[1].splitlines()
+    glob = next(line for line in table if line.startswith("GLOBAL")).split()
+    assert [float(x) for x in glob[1:]] == pytest.approx([res["mask"]["global"]["J&F-Mean"],
+                                                          res["box"]["global"]["J&F-Mean"]], abs=1e-3)
+    assert res["mask"]["global"]["J&F-Mean"] != res["box"]["global"]["J&F-Mean"]
+    assert any(line.startswith("sq ") for line in table)
