@@ -105,7 +105,7 @@ def paste_scores(scores: torch.Tensor, im_hw: tuple[int, int], sample_pos: torch
                  sample_scale: torch.Tensor) -> torch.Tensor:
     """Crop logits (1, 1, h, w) -> full-frame logits (H, W), -100 outside the crop."""
     re = F.interpolate(scores, scale_factor=sample_scale.item(), mode="bilinear", align_corners=False)
-    out = torch.ones(im_hw, dtype=re.dtype) * (-100.0)
+    out = torch.ones(im_hw, dtype=re.dtype) * OUTSIDE
     h, w = re.shape[-2:]
     r1 = int(sample_pos[0].item() - 0.5 * h)
     c1 = int(sample_pos[1].item() - 0.5 * w)
@@ -131,12 +131,39 @@ def mask_state(prob: torch.Tensor, sz_factor: float = 4.0) -> tuple[torch.Tensor
     return torch.stack([e_y, e_x]), torch.stack([e_h.sqrt() * sz_factor, e_w.sqrt() * sz_factor])
 
 
+OUTSIDE = -100.0  # an object's logit outside its crop (paste_scores) and where a correction erased it
+
+
 def soft_aggregate(scores: torch.Tensor) -> torch.Tensor:
     """LWL's merge: per-object logits (K, H, W) -> probabilities (K+1, H, W), background first.
 
     The background's probability is the product of (1 - p) over the objects; its logit and the
     objects' logits go through a softmax.
+
+    The merge is per pixel, and every pixel where all objects' logits are OUTSIDE has the same inputs,
+    so it is computed over the box holding the other pixels only and the rest is filled with the value
+    of one such pixel: a quarter of the time on a 1080p frame, where the crops cover a small part.
+    The result equals the whole-frame computation except in the last bit of a few pixels (each
+    elementwise kernel computes the last elements of its tensor without SIMD, and which pixels are
+    last depends on the tensor's extent).
     """
+    k, h, w = scores.shape
+    inside = (scores != OUTSIDE).any(dim=0)
+    rows, cols = torch.nonzero(inside.any(dim=1)), torch.nonzero(inside.any(dim=0))
+    if rows.numel() == 0:
+        y0 = y1 = x0 = x1 = 0
+    else:
+        y0, y1, x0, x1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+    if (y1 - y0) * (x1 - x0) > 0.75 * h * w:
+        return _soft_aggregate(scores)
+    fill = _soft_aggregate(scores.new_full((k, 1, 64), OUTSIDE))[:, 0, 0]
+    out = fill.reshape(k + 1, 1, 1).repeat(1, h, w)
+    if y1 > y0:
+        out[:, y0:y1, x0:x1] = _soft_aggregate(scores[:, y0:y1, x0:x1].contiguous())
+    return out
+
+
+def _soft_aggregate(scores: torch.Tensor) -> torch.Tensor:
     prob = torch.sigmoid(scores)
     eps = 1e-7
     bg = torch.prod(1 - prob, dim=0).clamp(eps, 1.0 - eps)
