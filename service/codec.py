@@ -16,6 +16,7 @@ from typing import Any, BinaryIO
 import numpy as np
 from PIL import Image
 
+from model.media import PNG_RLE
 from model.rle import rle_decode, rle_encode  # noqa: F401  (re-exported: part of the wire format)
 
 
@@ -83,7 +84,7 @@ def parse_frame_bytes(data: bytes) -> tuple[dict[str, Any], list[bytes]]:
 def binary_png(mask: np.ndarray) -> bytes:
     """One object's mask as a 1-bit PNG (small on the wire, opens in any browser)."""
     buf = io.BytesIO()
-    Image.fromarray(np.asarray(mask, dtype=bool)).save(buf, format="PNG")
+    Image.fromarray(np.asarray(mask, dtype=bool)).save(buf, format="PNG", **PNG_RLE)
     return buf.getvalue()
 
 
