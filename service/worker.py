@@ -156,6 +156,7 @@ class Worker:
         self.stopped = asyncio.Event()
         self.running_jobs = 0
         self.tasks: list[asyncio.Task] = []
+        self.snapshot_writes: set[asyncio.Task] = set()  # background snapshot writes in flight
         self.work_task: asyncio.Task | None = None
         self.receiving = False  # the work loop waits in its blocking read (safe to cancel there)
         self.store_down_since: float | None = None  # monotonic time of the first failure of an outage
@@ -573,7 +574,9 @@ class Worker:
         await self._settled(hs)
         snap = await self._run(self._take_snapshot, hs)
         commit = self._commit(sid, hs, [], snap, touch=False)
-        hs.snapshot_write = asyncio.create_task(self._write_snapshot(sid, commit))
+        hs.snapshot_write = task = asyncio.create_task(self._write_snapshot(sid, commit))
+        self.snapshot_writes.add(task)  # held here too: a session dropped meanwhile must not drop its task
+        task.add_done_callback(self.snapshot_writes.discard)
 
     async def _write_snapshot(self, sid: str, commit: Commit) -> None:
         try:
