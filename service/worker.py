@@ -149,8 +149,9 @@ class Worker:
         self.model = model
         self.id = worker_id or settings.resolved_worker_id
         self.sessions: dict[str, HeldSession] = {}
-        self.compute = ThreadPoolExecutor(1, thread_name_prefix="lwl-compute")
-        self.job_pool = ThreadPoolExecutor(1, thread_name_prefix="lwl-job")
+        # torch's CPU thread count is per calling thread (an OpenMP pool each): each executor sets its own
+        self.compute = ThreadPoolExecutor(1, thread_name_prefix="lwl-compute", initializer=self._torch_threads)
+        self.job_pool = ThreadPoolExecutor(1, thread_name_prefix="lwl-job", initializer=self._torch_threads)
         self.draining = False
         self.stopping = False
         self.stopped = asyncio.Event()
@@ -179,12 +180,22 @@ class Worker:
         log.info("worker started", extra={"worker_id": self.id, "device": self.device,
                                           "model": self.model.name})
 
-    def _load_model(self) -> Any:
-        from model.api import load_model
+    def _torch_threads(self) -> None:
+        """Executor thread start: LWL_TORCH_THREADS for the torch work of this thread. Set in the main
+        thread it would not reach here (OpenMP keeps the count per thread), and the compute thread ran
+        with OpenMP's default, as many threads as cores."""
         from model.threads import set_cpu_threads
 
-        threads = set_cpu_threads(self.s.torch_threads)
-        log.info("torch cpu threads", extra={"worker_id": self.id, "threads": threads})
+        try:  # an initializer that raises would break the executor for good
+            threads = set_cpu_threads(self.s.torch_threads)
+            log.info("torch cpu threads", extra={"worker_id": self.id, "threads": threads,
+                                                 "executor": threading.current_thread().name})
+        except Exception:  # noqa: BLE001 - torch's default count is slower, not wrong
+            log.exception("could not set torch cpu threads", extra={"worker_id": self.id})
+
+    def _load_model(self) -> Any:
+        from model.api import load_model
+
         dev = None if self.s.device in ("", "auto") else self.s.device
         return load_model(weights=self.s.weights or None, device=dev)
 
