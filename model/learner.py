@@ -67,17 +67,20 @@ class Residual(nn.Module):
         self, tau: torch.Tensor, feat: torch.Tensor, label: torch.Tensor, sample_weight: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         scores = apply_filter(feat, tau)
-        if sample_weight is None:
-            weight: torch.Tensor | float = math.sqrt(1.0 / feat.shape[0])
-        elif sample_weight.numel() == scores.numel():
-            weight = sample_weight.reshape(scores.shape)
-        elif sample_weight.dim() == 1:
-            weight = sample_weight.reshape(-1, 1, 1, 1, 1)
-        else:
-            weight = sample_weight
-        data = weight * (scores - label.reshape(scores.shape))
+        data = self.weight(sample_weight, scores, feat.shape[0]) * (scores - label.reshape(scores.shape))
         reg = self.filter_reg * tau.reshape(1, feat.shape[1], -1)
         return data, reg
+
+    @staticmethod
+    def weight(sample_weight: torch.Tensor | None, scores: torch.Tensor, n: int) -> torch.Tensor | float:
+        """v broadcast to the scores (N, S, D, h, w): none (1/sqrt(N)), per sample, or per element."""
+        if sample_weight is None:
+            return math.sqrt(1.0 / n)
+        if sample_weight.numel() == scores.numel():
+            return sample_weight.reshape(scores.shape)
+        if sample_weight.dim() == 1:
+            return sample_weight.reshape(-1, 1, 1, 1, 1)
+        return sample_weight
 
 
 def _sqr_norm(tensors: tuple[torch.Tensor, ...], batch_dim: int) -> torch.Tensor:
@@ -93,7 +96,8 @@ class SteepestDescent(nn.Module):
     """A: steepest descent with the Gauss-Newton step length, computed with autograd.
 
     g = J^T r is a vector-Jacobian product; J g is obtained by differentiating g = J^T u with respect
-    to u (a copy of r). This matches the reference bit for bit, unlike an explicit gradient.
+    to u (a copy of r). This is how the reference computes it. At inference, where no gradient has to
+    flow through the steps, `_explicit_steps` runs the same arithmetic without building graphs.
     """
 
     def __init__(self, residual_module: Residual, num_iter: int = 5) -> None:
@@ -117,6 +121,8 @@ class SteepestDescent(nn.Module):
         """
         num_iter = self.num_iter if num_iter is None else num_iter
         outer_grad = torch.is_grad_enabled()
+        if not outer_grad and not compute_losses:
+            return self._explicit_steps(tau, feat, label, sample_weight, num_iter)
         iterates = [tau]
         losses: list[torch.Tensor] = []
         with torch.enable_grad():
@@ -143,6 +149,40 @@ class SteepestDescent(nn.Module):
         if not outer_grad:
             losses = [x.detach() for x in losses]
         return tau, iterates, losses
+
+
+    def _explicit_steps(self, tau: torch.Tensor, feat: torch.Tensor, label: torch.Tensor,
+                        sample_weight: torch.Tensor | None, num_iter: int
+                        ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+        """The steps of `forward` written out with the operators autograd runs for them, in the same
+        order: g is the convolution's weight gradient of (v * r) plus the regulariser's part, and J g
+        is the forward convolution of the features with g, times v. Bit for bit what autograd gives
+        (tests/model/test_learner.py) in three quarters of the time: the learner is most of a frame."""
+        n, s, c, h, w = feat.shape
+        k = (int(tau.shape[-2]), int(tau.shape[-1]))
+        pad = [k[0] // 2, k[1] // 2]
+        x = feat.reshape(n, s * c, h, w)
+        reg = self.residual_module.filter_reg
+        iterates = [tau]
+        with torch.no_grad():
+            for _ in range(num_iter):
+                scores = apply_filter(feat, tau)
+                v = Residual.weight(sample_weight, scores, n)
+                r_data = v * (scores - label.reshape(scores.shape))
+                r_reg = reg * tau.reshape(1, s, -1)
+                grad_out = (r_data * v).reshape(n, -1, h, w)
+                g_conv = torch.ops.aten.convolution_backward(
+                    grad_out, x, tau.reshape(-1, c, *k), None, [1, 1], pad, [1, 1], False, [0, 0], s,
+                    [False, True, False])[1]
+                g = g_conv.reshape(tau.shape) + (r_reg * reg).reshape(tau.shape)
+                q_data = F.conv2d(x, g.reshape(-1, c, *k), padding=pad, groups=s).reshape(scores.shape) * v
+                q_reg = g.reshape(1, s, -1) * reg
+                gg = _sqr_norm((g,), batch_dim=0)
+                qq = _sqr_norm((q_data, q_reg), batch_dim=1)
+                alpha = gg / (qq + 0.0 * gg).clamp(1e-8)
+                tau = tau - alpha.reshape(-1, *([1] * (g.dim() - 1))) * g
+                iterates.append(tau)
+        return tau, iterates, []
 
 
 class TargetModel(nn.Module):

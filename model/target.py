@@ -314,7 +314,7 @@ class TargetModelLearner:
     def learn_first(self, memory: FewShotMemory) -> None:
         """Fit tau from zeros to the first sample alone (unit weight)."""
         feat, _ = memory.first()
-        with torch.inference_mode(False), torch.no_grad():  # A's autograd needs normal tensors
+        with torch.inference_mode(False), torch.no_grad():  # A's tensors must work with autograd
             label, sw = memory.encoded(self._encode, 1)
         self.tau = self._fit(feat, label, sw, None, self.init_iter, None)
 
@@ -339,7 +339,8 @@ class TargetModelLearner:
 
     def _fit(self, feat: torch.Tensor, label: torch.Tensor, sw: torch.Tensor, weights: torch.Tensor | None,
              num_iter: int, tau: torch.Tensor | None) -> torch.Tensor:
-        """Run A outside inference mode: its step length comes from autograd (copies leave inference tensors)."""
+        """Run A outside inference mode, on copies (inference tensors cannot enter autograd, which A uses
+        when it trains)."""
         with torch.inference_mode(False), torch.no_grad():
             feat = feat.clone()
             if weights is not None:

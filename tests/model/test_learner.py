@@ -67,3 +67,23 @@ def test_zero_iterations_return_the_start() -> None:
     tau0 = torch.randn(1, 2, 4, 3, 3)
     tau, _, _ = _learner(0.1, torch.float32)(tau0, feat, label, weight, num_iter=0)
     assert torch.equal(tau, tau0)
+
+
+def test_explicit_inference_steps_equal_autograd_bit_for_bit() -> None:
+    """Without grad (inference) the steps run without autograd; with `compute_losses` they still go
+    through autograd, as the reference computes them: the two must give the very same tau."""
+    g = torch.Generator().manual_seed(3)
+    for s, weights in ((1, "full"), (1, "per-sample"), (1, None), (2, "full")):
+        n, c, d, h, w = 5, 8, 3, 9, 11
+        feat = torch.randn(n, s, c, h, w, generator=g)
+        label = torch.randn(n, s, d, h, w, generator=g)
+        weight = {"full": torch.rand(n, s, d, h, w, generator=g) + 0.1,
+                  "per-sample": torch.rand(n, generator=g) + 0.1, None: None}[weights]
+        tau0 = torch.randn(s, d, c, 3, 3, generator=g) * 0.1
+        sd = _learner(0.05, torch.float32)
+        with torch.no_grad():
+            fast, fast_its, _ = sd(tau0, feat, label, weight, num_iter=4)
+            ref, ref_its, _ = sd(tau0, feat, label, weight, num_iter=4, compute_losses=True)
+        assert torch.equal(fast, ref), (s, weights, (fast - ref).abs().max())
+        assert len(fast_its) == len(ref_its) == 5
+        assert all(torch.equal(a, b) for a, b in zip(fast_its, ref_its, strict=True))
