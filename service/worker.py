@@ -603,9 +603,8 @@ class Worker:
     async def _settled(hs: HeldSession) -> None:
         """Wait for the session's snapshot write in flight (a newer state is about to be written or read)."""
         task, hs.snapshot_write = hs.snapshot_write, None
-        if task is not None:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        if task is not None and not task.done():
+            await asyncio.wait({task})  # never raises the write's outcome; a cancellation of ours still does
 
     def _commit(self, sid: str, hs: HeldSession, answers: list[Answer], snap: bytes | None = None,
                 touch: bool = True, **extra: str) -> Commit:
