@@ -92,6 +92,14 @@ def _sqr_norm(tensors: tuple[torch.Tensor, ...], batch_dim: int) -> torch.Tensor
     return total  # type: ignore[return-value]
 
 
+def _gauss_newton_step(tau: torch.Tensor, g: torch.Tensor, q: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """tau - alpha g with the exact step length of the quadratic model, alpha = |g|^2 / |J g|^2 per sequence."""
+    gg = _sqr_norm((g,), batch_dim=0)
+    qq = _sqr_norm(q, batch_dim=1)
+    alpha = gg / (qq + 0.0 * gg).clamp(1e-8)
+    return tau - alpha.reshape(-1, *([1] * (g.dim() - 1))) * g
+
+
 class SteepestDescent(nn.Module):
     """A: steepest descent with the Gauss-Newton step length, computed with autograd.
 
@@ -116,8 +124,9 @@ class SteepestDescent(nn.Module):
     ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
         """Run `num_iter` steps from tau. Returns (tau_N, [tau_0..tau_N], losses).
 
-        Differentiable (create_graph) when grad mode is on at the call; otherwise it enables grad
-        internally and returns detached results.
+        Differentiable (create_graph) when grad mode is on at the call. Otherwise the steps run without
+        autograd (`_explicit_steps`), unless losses are asked for: then autograd runs inside and the
+        results come back detached.
         """
         num_iter = self.num_iter if num_iter is None else num_iter
         outer_grad = torch.is_grad_enabled()
@@ -135,11 +144,7 @@ class SteepestDescent(nn.Module):
                 u = tuple(e.clone() for e in r)
                 (g,) = torch.autograd.grad(r, tau, u, create_graph=True)
                 q = torch.autograd.grad(g, u, g, create_graph=outer_grad)
-                gg = _sqr_norm((g,), batch_dim=0)
-                qq = _sqr_norm(q, batch_dim=1)
-                alpha = gg / (qq + 0.0 * gg).clamp(1e-8)
-                step = alpha.reshape(-1, *([1] * (g.dim() - 1))) * g
-                tau = tau - step
+                tau = _gauss_newton_step(tau, g, q)
                 if not outer_grad:
                     tau = tau.detach()
                 iterates.append(tau)
@@ -177,10 +182,7 @@ class SteepestDescent(nn.Module):
                 g = g_conv.reshape(tau.shape) + (r_reg * reg).reshape(tau.shape)
                 q_data = F.conv2d(x, g.reshape(-1, c, *k), padding=pad, groups=s).reshape(scores.shape) * v
                 q_reg = g.reshape(1, s, -1) * reg
-                gg = _sqr_norm((g,), batch_dim=0)
-                qq = _sqr_norm((q_data, q_reg), batch_dim=1)
-                alpha = gg / (qq + 0.0 * gg).clamp(1e-8)
-                tau = tau - alpha.reshape(-1, *([1] * (g.dim() - 1))) * g
+                tau = _gauss_newton_step(tau, g, (q_data, q_reg))
                 iterates.append(tau)
         return tau, iterates, []
 

@@ -52,16 +52,11 @@ def splice(obj: bytes, fields: dict[str, Any]) -> bytes:
     return body[:-1] + (b"" if empty else b",") + extra
 
 
-def frame_bytes(header: dict[str, Any], *blobs: bytes) -> bytes:
-    """One self-contained record: 4-byte header length, header, body."""
-    h = _header(header, [len(b) for b in blobs])
-    return b"".join([struct.pack(">I", len(h)), h, *blobs])
-
-
-def written_frame_bytes(header: dict[str, Any], write: Callable[[BinaryIO], None]) -> bytes:
-    """frame_bytes of one blob that `write` writes, built in one buffer: a worker's snapshot is tens of
-    MB, and copying it once more cost as much as writing it. The header's room is reserved before the
-    blob (its length is known only after) and padded with spaces, which JSON ignores."""
+def frame_bytes(header: dict[str, Any], write: Callable[[BinaryIO], None]) -> bytes:
+    """One self-contained record (a worker's snapshot): 4-byte header length, header, then the blob that
+    `write` writes. Built in one buffer: a snapshot is tens of MB, and copying it once more cost as much
+    as writing it. The header's room is reserved before the blob (its length is known only after) and
+    padded with spaces, which JSON ignores."""
     room = len(_header(header, [10**15]))
     buf = io.BytesIO()
     buf.write(bytes(4 + room))

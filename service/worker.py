@@ -38,7 +38,7 @@ from model.video import Annotation
 from service import jobs as jobfiles
 from service import obs
 from service.backends import STORE_ERRORS, Answer, Commit, Input, MemoryBackend, RedisBackend, id_order
-from service.codec import b64, binary_png, pack, parse_frame_bytes, rle_encode, unpack, written_frame_bytes
+from service.codec import b64, binary_png, frame_bytes, pack, parse_frame_bytes, rle_encode, unpack
 from service.settings import Settings, parse_crop
 
 log = logging.getLogger("lwl.worker")
@@ -79,7 +79,7 @@ class HeldSession:
     def snapshot(self) -> bytes:
         """The tracker state with what a restoring worker needs to skip and replay the right frames."""
         head = {"seq": self.last_seq, "recent": self.recent, "frame_id": self.frame_id}
-        return written_frame_bytes(head, self.tracker.write_state)
+        return frame_bytes(head, self.tracker.write_state)
 
 
 Done = tuple[dict[str, Any] | None, Commit | None]  # an op's message to answer, and the session writes with it

@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -55,12 +56,12 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _score(model: object, args: argparse.Namespace, start: str, out: Path, crop: tuple | None) -> tuple:
+def _score(model: Any, args: argparse.Namespace, start: str, out: Path, crop: tuple | None) -> tuple:
     """One evaluation: results files in `out`, the table and the summary line printed; (scores, summary)."""
     from model.eval.runner import evaluate_davis, format_table, write_results
 
     # the copy-first baseline from boxes is the box-rectangle baseline
-    name = f"{model.name} (from {'masks' if start == 'mask' else 'boxes'})"  # type: ignore[attr-defined]
+    name = f"{model.name} (from {'masks' if start == 'mask' else 'boxes'})"
     scores, summary, info = evaluate_davis(model, args.data, out, args.sequences, args.max_frames,
                                            log=lambda s: print(s, flush=True), crop_size=crop, start=start)
     info.update({"model": name, "data": str(args.data)})
