@@ -25,6 +25,9 @@ from service.client import Client
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 FRAMES, WARMUP, SNAPSHOT_EVERY = 20, 3, 8
+# what redis-py sends once when its pool opens a connection (the worker opens a second one the first time a
+# background snapshot write overlaps the next frame, which may fall inside the counted window)
+SETUP = {"CLIENT", "HELLO", "AUTH", "SELECT"}
 
 
 def _start_redis(tmp: Path) -> tuple[subprocess.Popen, int]:
@@ -73,7 +76,8 @@ class Monitor:
 
 def _round_trips(records: list[dict], names: dict[str, str], prefix: str) -> tuple[Counter, Counter]:
     """Round trips and commands per process name: a MULTI..EXEC block, or an EVALSHA with the commands
-    its script runs, is one round trip. The worker's heartbeat and job-queue polls are `background`."""
+    its script runs, is one round trip. The worker's heartbeat and job-queue polls are `background`;
+    a connection's set-up commands are counted apart, not as round trips."""
     trips: Counter = Counter()
     cmds: Counter = Counter()
     blocks: dict[str, list[str]] = {}
@@ -85,8 +89,10 @@ def _round_trips(records: list[dict], names: dict[str, str], prefix: str) -> tup
 
     for rec in records:
         text, src = rec["command"], f"{rec['client_address']}:{rec['client_port']}"
-        name = text.split(" ", 1)[0].upper()
-        if rec["client_type"] == "lua":  # run by the script the last EVALSHA started
+        name = text.split(" ", 1)[0].strip('"').upper()
+        if name in SETUP:  # a new pooled connection, opened once: not a per-frame round trip
+            cmds[names.get(src, f"unknown {src}") + " (connection set-up)"] += 1
+        elif rec["client_type"] == "lua":  # run by the script the last EVALSHA started
             cmds[last] += 1
         elif name == "MULTI":
             blocks[src] = []
@@ -160,7 +166,8 @@ def test_two_round_trips_per_frame_on_api_and_worker(weights: Path, tmp_path: Pa
         assert per_frame.get("lwl-api", 0) <= 2, report
         assert per_frame.get("lwl-worker-w1", 0) <= 2 + 1 / SNAPSHOT_EVERY, report
         assert trips["lwl-api"] >= FRAMES and trips["lwl-worker-w1"] >= FRAMES, report  # all were seen
-        assert sum(v for k, v in cmds.items() if "background" not in k) / FRAMES <= 16, report
+        assert sum(v for k, v in cmds.items() if "(" not in k) / FRAMES <= 16, report
+        assert sum(v for k, v in cmds.items() if "set-up" in k) <= 4, report  # a new connection, not one a frame
 
         # the image is stored once: in the session's frames stream, which snapshots trim (no replay list)
         rc = redis.Redis(port=port, decode_responses=True)
