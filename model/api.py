@@ -71,15 +71,16 @@ class Model:
         """Upper bound of what a tracker of this model holds once its few-shot memory is full, in bytes.
 
         Services admit sessions by it before any model work. Per object: `memory_size` samples of
-        target-model features (C x h x w at stride 16) with their crop-sized masks and their cached
-        label/weight encodings (2 x D x h x w), the last features, the target-model filter, and two
-        frame-sized float maps (last scores and probabilities); per tracker, the last frame (uint8 RGB).
+        target-model features (C x h x w at stride 16) with their crop-sized masks, their cached
+        label/weight encodings and scores under the current filter (3 x D x h x w), the last features
+        with their scores, the target-model filter, and two frame-sized float maps (last scores and
+        probabilities); per tracker, the last frame (uint8 RGB).
         """
         crop_h, crop_w = crop_size or self.default_crop_size
         hw = (crop_h // 16) * (crop_w // 16)
         c, d, k = self.config.tm_feature_dim, self.config.num_filters, self.config.filter_size
         slots = memory_size or self.params.sample_memory_size
-        per_object = 4 * (slots * (c * hw + crop_h * crop_w + 2 * d * hw) + c * hw + d * c * k * k
+        per_object = 4 * (slots * (c * hw + crop_h * crop_w + 3 * d * hw) + (c + d) * hw + d * c * k * k
                           + 2 * frame_hw[0] * frame_hw[1]) + 4096  # 4096: small tensors and bookkeeping
         return n_objects * per_object + 3 * frame_hw[0] * frame_hw[1]
 

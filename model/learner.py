@@ -92,12 +92,16 @@ def _sqr_norm(tensors: tuple[torch.Tensor, ...], batch_dim: int) -> torch.Tensor
     return total  # type: ignore[return-value]
 
 
-def _gauss_newton_step(tau: torch.Tensor, g: torch.Tensor, q: tuple[torch.Tensor, ...]) -> torch.Tensor:
-    """tau - alpha g with the exact step length of the quadratic model, alpha = |g|^2 / |J g|^2 per sequence."""
+def _step_length(g: torch.Tensor, q: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """The exact step length of the quadratic model, alpha = |g|^2 / |J g|^2, one per sequence (S,)."""
     gg = _sqr_norm((g,), batch_dim=0)
     qq = _sqr_norm(q, batch_dim=1)
-    alpha = gg / (qq + 0.0 * gg).clamp(1e-8)
-    return tau - alpha.reshape(-1, *([1] * (g.dim() - 1))) * g
+    return gg / (qq + 0.0 * gg).clamp(1e-8)
+
+
+def _gauss_newton_step(tau: torch.Tensor, g: torch.Tensor, q: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """tau - alpha g."""
+    return tau - _step_length(g, q).reshape(-1, *([1] * (g.dim() - 1))) * g
 
 
 class SteepestDescent(nn.Module):
@@ -159,19 +163,31 @@ class SteepestDescent(nn.Module):
     def _explicit_steps(self, tau: torch.Tensor, feat: torch.Tensor, label: torch.Tensor,
                         sample_weight: torch.Tensor | None, num_iter: int
                         ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
-        """The steps of `forward` written out with the operators autograd runs for them, in the same
-        order: g is the convolution's weight gradient of (v * r) plus the regulariser's part, and J g
-        is the forward convolution of the features with g, times v. Bit for bit what autograd gives
-        (tests/model/test_learner.py) in three quarters of the time: the learner is most of a frame."""
+        iterates = [tau]
+        tau, _ = self.descend(tau, feat, label, sample_weight, num_iter, iterates=iterates)
+        return tau, iterates, []
+
+    def descend(self, tau: torch.Tensor, feat: torch.Tensor, label: torch.Tensor, sample_weight: torch.Tensor | None,
+                num_iter: int, scores: torch.Tensor | None = None, iterates: list[torch.Tensor] | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The steps of `forward` without autograd, for inference: (tau_N, scores T_tau_N(x)).
+
+        g is the convolution's weight gradient of (v * r) plus the regulariser's part, computed with the
+        operator autograd runs for it; J g is the forward convolution of the features with g, times v.
+        The scores are linear in tau, so the next iterate's are T_tau(x) - alpha T_g(x), with T_g(x) at
+        hand from J g: one convolution of three per step is saved. `scores`, T_tau(x) for the starting
+        tau when the caller kept them (the tracker keeps each memory sample's), saves the first one too.
+        The result equals autograd's up to float rounding (~1e-6 relative; tests/model/test_learner.py).
+        """
         n, s, c, h, w = feat.shape
         k = (int(tau.shape[-2]), int(tau.shape[-1]))
         pad = [k[0] // 2, k[1] // 2]
         x = feat.reshape(n, s * c, h, w)
         reg = self.residual_module.filter_reg
-        iterates = [tau]
         with torch.no_grad():
-            for _ in range(num_iter):
+            if scores is None:
                 scores = apply_filter(feat, tau)
+            for _ in range(num_iter):
                 v = Residual.weight(sample_weight, scores, n)
                 r_data = v * (scores - label.reshape(scores.shape))
                 r_reg = reg * tau.reshape(1, s, -1)
@@ -180,11 +196,13 @@ class SteepestDescent(nn.Module):
                     grad_out, x, tau.reshape(-1, c, *k), None, [1, 1], pad, [1, 1], False, [0, 0], s,
                     [False, True, False])[1]
                 g = g_conv.reshape(tau.shape) + (r_reg * reg).reshape(tau.shape)
-                q_data = F.conv2d(x, g.reshape(-1, c, *k), padding=pad, groups=s).reshape(scores.shape) * v
-                q_reg = g.reshape(1, s, -1) * reg
-                tau = _gauss_newton_step(tau, g, (q_data, q_reg))
-                iterates.append(tau)
-        return tau, iterates, []
+                xg = F.conv2d(x, g.reshape(-1, c, *k), padding=pad, groups=s).reshape(scores.shape)
+                alpha = _step_length(g, (xg * v, g.reshape(1, s, -1) * reg))
+                tau = tau - alpha.reshape(-1, *([1] * (g.dim() - 1))) * g
+                scores = scores - alpha.reshape(1, -1, 1, 1, 1) * xg
+                if iterates is not None:
+                    iterates.append(tau)
+        return tau, scores
 
 
 class TargetModel(nn.Module):
@@ -200,6 +218,14 @@ class TargetModel(nn.Module):
     def extract_features(self, layer3: torch.Tensor) -> torch.Tensor:
         """x = target-model features of backbone layer3, (N, C, h, w)."""
         return self.feature_extractor(layer3)
+
+    def fit(self, feat: torch.Tensor, label: torch.Tensor, sample_weight: torch.Tensor | None, num_iter: int,
+            tau: torch.Tensor | None = None, scores: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Inference: (tau, T_tau(feat)) after `num_iter` steps from tau (zeros unless given), whose scores
+        T_tau(feat) the caller may pass when it has them (SteepestDescent.descend)."""
+        if tau is None:
+            tau = self.filter_initializer(feat)
+        return self.filter_optimizer.descend(tau, feat, label, sample_weight, num_iter, scores)
 
     def learn(
         self, feat: torch.Tensor, label: torch.Tensor, sample_weight: torch.Tensor | None,

@@ -166,6 +166,8 @@ class FewShotMemory:
         self.protected: list[int] = []  # slots that are never replaced
         self.floor_slots: list[int] = []  # slots sharing the weight floor
         self._encoded: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * size  # E/W of each slot's mask
+        self.scores: torch.Tensor | None = None  # (size, 1, D, h, w): each sample's T_tau(x), for the current tau
+        self._scored = [False] * size  # which slots' scores hold
 
     @classmethod
     def from_params(cls, params: TrackerParams) -> FewShotMemory:
@@ -174,7 +176,7 @@ class FewShotMemory:
 
     def start(self, x: torch.Tensor, mask_crop: torch.Tensor) -> None:
         """Empty memory holding the first frame's sample at weight 1 (protected when there is a floor)."""
-        self.samples = x.new_zeros(self.size, 1, *x.shape[-3:])
+        self.samples = _sample_buffer(x, self.size)
         self.masks = x.new_zeros(self.size, 1, *mask_crop.shape[-2:])
         self.samples[0] = x
         self.masks[0] = mask_crop[0].to(self.masks.device)
@@ -185,6 +187,7 @@ class FewShotMemory:
         self.protected = [0] if self.weight_floor else []
         self.floor_slots = [0]
         self._encoded = [None] * self.size
+        self.scores, self._scored = None, [False] * self.size
 
     def replace_first_mask(self, mask_crop: torch.Tensor) -> None:
         """A correction on the object's first frame: the initial label changes, its features stay."""
@@ -200,16 +203,33 @@ class FewShotMemory:
         n = self.num_stored
         return self.samples[:n], self.masks[:n], self.weights[:n]
 
-    def add(self, x: torch.Tensor, mask_crop: torch.Tensor) -> int:
-        """Store a sample with the reference's weighting and replacement; returns its slot."""
+    def add(self, x: torch.Tensor, mask_crop: torch.Tensor, scores: torch.Tensor | None = None) -> int:
+        """Store a sample with the reference's weighting and replacement; returns its slot. `scores`:
+        T_tau(x) under the current tau, when the caller has them."""
         slot = self._next_slot()
         self._weigh_new(slot)
         self.prev_replace = slot
         self.samples[slot] = x
         self.masks[slot] = mask_crop[0].to(self.masks.device)
         self._encoded[slot] = None
+        self._scored[slot] = scores is not None and self.scores is not None
+        if self._scored[slot]:
+            self.scores[slot] = scores.reshape(self.scores.shape[1:])
         self.num_stored = min(self.num_stored + 1, self.size)
         return slot
+
+    def kept_scores(self, n: int | None = None) -> torch.Tensor | None:
+        """T_tau(x) of the first n stored samples (all by default) under the current tau, if every one is kept."""
+        n = self.num_stored if n is None else n
+        return self.scores[:n] if self.scores is not None and all(self._scored[:n]) else None
+
+    def keep_scores(self, scores: torch.Tensor) -> None:
+        """Scores of the first len(scores) samples under a new tau; the others' no longer hold."""
+        if self.scores is None:
+            self.scores = scores.new_zeros(self.size, *scores.shape[1:])
+        n = scores.shape[0]
+        self.scores[:n] = scores
+        self._scored = [i < n for i in range(self.size)]
 
     def encoded(self, encode: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]], n: int | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -230,9 +250,9 @@ class FewShotMemory:
         """A correction takes a slot for good; at least two slots must stay replaceable."""
         return sum(i not in self.protected for i in range(self.size)) >= 2
 
-    def add_correction(self, x: torch.Tensor, mask_crop: torch.Tensor) -> int:
+    def add_correction(self, x: torch.Tensor, mask_crop: torch.Tensor, scores: torch.Tensor | None = None) -> int:
         """Store a user-corrected sample that is never replaced and shares the weight floor."""
-        slot = self.add(x, mask_crop)
+        slot = self.add(x, mask_crop, scores)
         self.protected.append(slot)
         self.floor_slots.append(slot)
         return slot
@@ -271,8 +291,10 @@ class FewShotMemory:
     def to_state(self) -> State:
         """Copies, not views: the memory changes in place on the next insertion."""
         n = self.num_stored
-        return {"samples": self.samples[:n].to("cpu", copy=True), "masks": self.masks[:n].to("cpu", copy=True),
-                "weights": self.weights.clone(),
+        kept = self.kept_scores()
+        samples = self.samples[:n].to("cpu", memory_format=torch.contiguous_format, copy=True)
+        return {"samples": samples, "masks": self.masks[:n].to("cpu", copy=True),
+                "weights": self.weights.clone(), "scores": kept.to("cpu", copy=True) if kept is not None else None,
                 "num_stored": n, "prev_replace": self.prev_replace, "protected": list(self.protected),
                 "floor_slots": list(self.floor_slots)}
 
@@ -280,7 +302,7 @@ class FewShotMemory:
         s, m, w = state["samples"], state["masks"], state["weights"]
         if w.shape[0] != self.size:
             raise InputError(f"tracker state has a memory of {w.shape[0]} samples, its parameters say {self.size}")
-        self.samples = s.new_zeros(self.size, *s.shape[1:]).to(device)
+        self.samples = _sample_buffer(s.to(device), self.size)
         self.masks = m.new_zeros(self.size, *m.shape[1:]).to(device)
         self.samples[: s.shape[0]] = s.to(device)
         self.masks[: m.shape[0]] = m.to(device)
@@ -290,6 +312,16 @@ class FewShotMemory:
         self.protected = [int(i) for i in state["protected"]]
         self.floor_slots = [int(i) for i in state["floor_slots"]]
         self._encoded = [None] * self.size
+        self.scores, self._scored = None, [False] * self.size
+        if state.get("scores") is not None:  # kept, so that a restored tracker goes on with the same numbers
+            self.keep_scores(state["scores"].to(device))
+
+
+def _sample_buffer(like: torch.Tensor, size: int) -> torch.Tensor:
+    """Zeros (size, 1, C, h, w) for features like `like` (..., C, h, w), laid out channels-last (C varies
+    fastest): the learner's convolutions over the memory run about a fifth faster so on the CPU."""
+    c, h, w = like.shape[-3:]
+    return like.new_zeros(size, 1, h, w, c).permute(0, 1, 4, 2, 3)
 
 
 # -- target model and its learner ---------------------------------------------------------------------------
@@ -314,9 +346,9 @@ class TargetModelLearner:
     def learn_first(self, memory: FewShotMemory) -> None:
         """Fit tau from zeros to the first sample alone (unit weight)."""
         feat, _ = memory.first()
-        with torch.inference_mode(False), torch.no_grad():  # A's tensors must work with autograd
-            label, sw = memory.encoded(self._encode, 1)
-        self.tau = self._fit(feat, label, sw, None, self.init_iter, None)
+        label, sw = memory.encoded(self._encode, 1)
+        self.tau, scores = self._fit(feat, label, sw, None, self.init_iter, None, None)
+        memory.keep_scores(scores)
 
     def update_due(self, frame_num: int) -> bool:
         return (frame_num - 1) % self.update_every == 0
@@ -324,30 +356,26 @@ class TargetModelLearner:
     def refine(self, memory: FewShotMemory) -> None:
         """A few more steps from the current tau on every stored sample with its weight."""
         feat, _, weights = memory.stored()
-        with torch.inference_mode(False), torch.no_grad():
-            label, sw = memory.encoded(self._encode)
-        self.tau = self._fit(feat, label, sw, weights, self.update_iter, self.tau)
+        label, sw = memory.encoded(self._encode)
+        self.tau, scores = self._fit(feat, label, sw, weights, self.update_iter, self.tau, memory.kept_scores())
+        memory.keep_scores(scores)
 
     def apply(self, x: torch.Tensor) -> torch.Tensor:
         """Stage 3: mask encoding T_tau(x) (N, 1, D, h, w) of features x (N, C, h, w)."""
         return self.net.target_model.apply(self.tau, x.reshape(x.shape[0], 1, *x.shape[-3:]))
 
     def _encode(self, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """E/W of one stored mask (1, 1, H, W), outside inference mode so A's autograd may use the result."""
-        with torch.inference_mode(False), torch.no_grad():
-            return self.net.encode_labels(mask.clone())
+        """E/W of one stored mask (1, 1, H, W)."""
+        return self.net.encode_labels(mask)
 
     def _fit(self, feat: torch.Tensor, label: torch.Tensor, sw: torch.Tensor, weights: torch.Tensor | None,
-             num_iter: int, tau: torch.Tensor | None) -> torch.Tensor:
-        """Run A outside inference mode, on copies (inference tensors cannot enter autograd, which A uses
-        when it trains)."""
-        with torch.inference_mode(False), torch.no_grad():
-            feat = feat.clone()
+             num_iter: int, tau: torch.Tensor | None, scores: torch.Tensor | None
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+        """A's steps without autograd: (tau, the samples' scores under it)."""
+        with torch.no_grad():
             if weights is not None:
-                sw = sw * weights.clone().to(sw.device).reshape(-1, 1, 1, 1, 1)
-            tau = tau.clone() if tau is not None else None
-            tau, _, _ = self.net.learn(feat, label, sw, num_iter, tau=tau)
-        return tau
+                sw = sw * weights.to(sw.device).reshape(-1, 1, 1, 1, 1)
+            return self.net.target_model.fit(feat, label, sw, num_iter, tau, scores)
 
     def to_state(self) -> State:
         return {"tau": self.tau.cpu() if self.tau is not None else None}
@@ -372,6 +400,7 @@ class Target:
         self.learner = TargetModelLearner.from_params(net, params)
         self.frame_num = 0  # frames seen by this object, its first frame is 1
         self.last_x: torch.Tensor | None = None  # features of the last crop, labelled on the next frame
+        self.last_scores: torch.Tensor | None = None  # T_tau(last_x) under the current tau
 
     # -- first frame ------------------------------------------------------------------------------------
     def initialize(self, im: torch.Tensor, mask: torch.Tensor | None, box: Box, use_box: bool) -> torch.Tensor:
@@ -403,8 +432,9 @@ class Target:
         self.begin_frame(prev_prob)
         patch, coords = self.window.crop(im)
         feats, x = extract_features(self.net, patch, self.device)
-        logits = decode(self.net, self.learner.apply(x), feats, x)
-        return self.finish_frame(logits, coords, x, (im.shape[-2], im.shape[-1]))
+        enc = self.learner.apply(x)
+        logits = decode(self.net, enc, feats, x)
+        return self.finish_frame(logits, coords, x, enc, (im.shape[-2], im.shape[-1]))
 
     def begin_frame(self, prev_prob: torch.Tensor) -> None:
         """Learn from the last frame's merged mask (memory, then tau), then move the window onto it.
@@ -416,15 +446,16 @@ class Target:
         prob = prev_prob.reshape(1, 1, *prev_prob.shape[-2:])
         if self.frame_num > 2 and self.params.update_target_model:
             if self.frame_num % self.params.train_sample_interval == 0:
-                self.memory.add(self.last_x, self.window.crop_previous(prob))
+                self.memory.add(self.last_x, self.window.crop_previous(prob), self.last_scores)
             if self.learner.update_due(self.frame_num):
                 self.learner.refine(self.memory)
         self.window.follow(prob)
 
-    def finish_frame(self, logits: torch.Tensor, coords: torch.Tensor, x: torch.Tensor,
+    def finish_frame(self, logits: torch.Tensor, coords: torch.Tensor, x: torch.Tensor, enc: torch.Tensor,
                      frame_hw: tuple[int, int]) -> torch.Tensor:
-        """Stage 5: keep the crop's features for the next frame's sample; paste the logits into the frame."""
-        self.last_x = x
+        """Stage 5: keep the crop's features and their mask encoding T_tau(x) for the next frame's sample
+        (the learner starts from this tau, so they are its scores); paste the logits into the frame."""
+        self.last_x, self.last_scores = x, enc
         return self.window.paste(logits, coords, frame_hw)
 
     # -- corrections ------------------------------------------------------------------------------------
@@ -440,13 +471,15 @@ class Target:
             return
         if not self.memory.has_room_for_correction():
             raise InputError(f"object {self.object_id}: too many corrections for the few-shot memory")
-        self.memory.add_correction(self.last_x, self.window.crop_previous(m))
+        self.memory.add_correction(self.last_x, self.window.crop_previous(m), self.last_scores)
         self.learner.refine(self.memory)
+        self.last_scores = None  # tau moved since last_x was scored
 
     # -- state --------------------------------------------------------------------------------------------
     def to_state(self) -> State:
         return {"object_id": self.object_id, "frame_num": self.frame_num,
                 "last_x": self.last_x.cpu() if self.last_x is not None else None,
+                "last_scores": self.last_scores.cpu() if self.last_scores is not None else None,
                 "window": self.window.to_state(), "memory": self.memory.to_state(),
                 "learner": self.learner.to_state()}
 
@@ -456,6 +489,8 @@ class Target:
         t = cls(int(state["object_id"]), net, params, crop_hw, device)
         t.frame_num = int(state["frame_num"])
         t.last_x = state["last_x"].to(device) if state["last_x"] is not None else None
+        scores = state.get("last_scores")
+        t.last_scores = scores.to(device) if scores is not None else None
         t.window.load_state(state["window"])
         t.memory.load_state(state["memory"], device)
         t.learner.load_state(state["learner"], device)

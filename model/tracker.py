@@ -86,7 +86,7 @@ def track_objects(items: list[tuple[Tracker, torch.Tensor]], max_batch: int = 0,
                                     for j, enc in enumerate(encs)])
             for j, k in enumerate(group):
                 n, oid, t, coords, hw = work[k]
-                out[n][oid] = t.finish_frame(logits[j : j + 1], coords, x[j : j + 1], hw)
+                out[n][oid] = t.finish_frame(logits[j : j + 1], coords, x[j : j + 1], encs[j], hw)
     return out
 
 

@@ -11,6 +11,7 @@ import torch
 from model.api import load_model
 from model.config import TrackerParams
 from model.errors import InputError
+from model.learner import apply_filter
 from model.target import CropWindow, FewShotMemory, Target, decode, extract_features
 from tests.model.test_tracker import H, W, first_mask, frame
 
@@ -47,7 +48,7 @@ def plain(value: object) -> bool:
 def test_each_part_serialises_itself(model) -> None:
     t = tracked(model).targets[1]
     state = t.to_state()
-    assert set(state) == {"object_id", "frame_num", "last_x", "window", "memory", "learner"}
+    assert set(state) == {"object_id", "frame_num", "last_x", "last_scores", "window", "memory", "learner"}
     assert plain(state)
     copy = Target.from_state(state, model.net, model.params, (64, 112), CPU)
     for part in ("window", "memory", "learner"):
@@ -83,8 +84,20 @@ def test_stages_compose_to_track(model) -> None:
         feats, x = extract_features(model.net, patch, CPU)  # 2
         enc = staged.learner.apply(x)  # 3
         logits = decode(model.net, enc, feats, x)  # 4
-        got = staged.finish_frame(logits, coords, x, (H, W))  # 5
+        got = staged.finish_frame(logits, coords, x, enc, (H, W))  # 5
     assert torch.equal(want, got)
+
+
+def test_kept_scores_are_the_memory_samples_under_the_current_tau(model) -> None:
+    """The learner starts each refinement from the scores the memory keeps (each sample's T_tau(x), carried
+    from frame to frame instead of convolved again): they must be what convolving now gives."""
+    tr = tracked(model)
+    for t in tr.targets.values():
+        kept = t.memory.kept_scores()
+        assert kept is not None and kept.shape[0] == t.memory.num_stored > 2
+        feat, _, _ = t.memory.stored()
+        fresh = apply_filter(feat, t.tau)
+        assert torch.allclose(kept, fresh, rtol=1e-4, atol=1e-4), (kept - fresh).abs().max()
 
 
 def test_window_follows_the_mask_with_a_bounded_scale_change() -> None:
