@@ -16,6 +16,7 @@ import torch
 from model.checkpoint import build_from_weights, read_weights
 from model.config import NetConfig, TrackerParams, parse_size
 from model.errors import InputError
+from model.fuse import fuse_batchnorm
 from model.network import LWLNet
 from model.tracker import FrameResult, ObjectResult, Tracker, step_many
 from model.video import Annotation, SegmentedFrame, segment_video
@@ -113,7 +114,7 @@ def load_model(weights: str | Path | None = None, device: str | None = None, pre
         from model.train.ablation import apply_ablation
 
         apply_ablation(net, w.meta["ablation"])
-    net.eval()
+    fuse_batchnorm(net.eval())  # inference only: a Model is never trained (the trainer builds its own net)
     params = TrackerParams.preset(preset or w.tracker_preset)
     name = "default" if weights is None else path.stem
     return Model(net, w.config, params, dev, name)
