@@ -152,6 +152,9 @@ class Worker:
         # torch's CPU thread count is per calling thread (an OpenMP pool each): each executor sets its own
         self.compute = ThreadPoolExecutor(1, thread_name_prefix="lwl-compute", initializer=self._torch_threads)
         self.job_pool = ThreadPoolExecutor(1, thread_name_prefix="lwl-job", initializer=self._torch_threads)
+        self.threads = 1  # torch threads of the compute thread (set when it starts)
+        self.lanes: ThreadPoolExecutor | None = None  # CPU: frames of waiting sessions, stepped side by side
+        self.lane_count = 1
         self.draining = False
         self.stopping = False
         self.stopped = asyncio.Event()
@@ -171,6 +174,8 @@ class Worker:
         if self.model is None:
             self.model = await asyncio.get_running_loop().run_in_executor(self.compute, self._load_model)
         self.device = str(getattr(self.model, "device", "cpu"))
+        await self._run(lambda: None)  # the compute thread has started: its thread count is known
+        self.lanes = self._lane_pool()
         await self._retry("start", lambda: self.b.drop_work(self.id))  # waits for the store if it is down
         await self._heartbeat_once()
         self.work_task = asyncio.create_task(self._work_loop())
@@ -187,11 +192,23 @@ class Worker:
         from model.threads import set_cpu_threads
 
         try:  # an initializer that raises would break the executor for good
-            threads = set_cpu_threads(self.s.torch_threads)
+            threads = self.threads = set_cpu_threads(self.s.torch_threads)
             log.info("torch cpu threads", extra={"worker_id": self.id, "threads": threads,
                                                  "executor": threading.current_thread().name})
         except Exception:  # noqa: BLE001 - torch's default count is slower, not wrong
             log.exception("could not set torch cpu threads", extra={"worker_id": self.id})
+
+    def _lane_pool(self) -> ThreadPoolExecutor | None:
+        """On a CPU, sessions waiting at the same moment are split over lanes that step side by side, one
+        torch thread (or more) each: small convolutions scale badly over threads, so two sessions on
+        one thread each go ~1.4x faster than both on two threads (docs/DEPLOY.md, "Sizing"). A lone
+        session still gets every thread. On a GPU the batch is the way to fill the device: no lanes."""
+        lanes = self.s.cpu_lanes or self.threads
+        if not self.device.startswith("cpu") or lanes < 2:
+            return None
+        self.lane_count = lanes
+        log.info("cpu lanes", extra={"worker_id": self.id, "lanes": lanes})
+        return ThreadPoolExecutor(lanes, thread_name_prefix="lwl-lane")
 
     def _load_model(self) -> Any:
         from model.api import load_model
@@ -279,6 +296,8 @@ class Worker:
             await self.b.remove_worker(self.id)
         self.compute.shutdown(wait=False, cancel_futures=True)
         self.job_pool.shutdown(wait=False, cancel_futures=True)
+        if self.lanes is not None:
+            self.lanes.shutdown(wait=False, cancel_futures=True)
         self.stopped.set()
         log.info("worker stopped", extra={"worker_id": self.id})
 
@@ -455,16 +474,34 @@ class Worker:
             todo.append((sid, hs, eid, h, blobs))
         if not todo:
             return
-        outs = await self._run(self._compute_frames, [(hs, eid, int(h["seq"]), blobs[0], h.get("fmt", "png"))
-                                                      for _, hs, eid, h, blobs in todo])
-        for (sid, hs, _, h, _), out in zip(todo, outs, strict=True):
-            await self._publish_frame(sid, hs, self._answer(out, sid, int(h["seq"]), h.get("req", ""), h.get("id")))
+        lanes = min(self.lane_count, len(todo))
+        await asyncio.gather(*(self._lane(todo[k::lanes], max(1, self.threads // lanes) if lanes > 1 else 0)
+                               for k in range(lanes)))
         for sid, hs, *_ in todo:
             await self._snapshot_if_due(sid, hs)
 
-    def _compute_frames(self, work: list[tuple[HeldSession, str, int, bytes, str]]) -> list[dict[str, Any]]:
-        """Compute thread, several sessions: decode each, step the good ones together, encode each. A frame
-        that fails alone (a bad image, a wrong size) is answered with its error; the others go on."""
+    async def _lane(self, todo: list[tuple[str, HeldSession, str, dict[str, Any], list[bytes]]],
+                    threads: int) -> None:
+        """Step these sessions' frames together, on the compute thread (threads=0) or on a lane with that
+        many torch threads, and publish their answers as soon as they are ready."""
+        work = [(hs, eid, int(h["seq"]), blobs[0], h.get("fmt", "png")) for _, hs, eid, h, blobs in todo]
+        loop = asyncio.get_running_loop()
+        if threads:
+            outs = await loop.run_in_executor(self.lanes, self._compute_frames, work, threads)
+        else:
+            outs = await self._run(self._compute_frames, work)
+        for (sid, hs, _, h, _), out in zip(todo, outs, strict=True):
+            await self._publish_frame(sid, hs, self._answer(out, sid, int(h["seq"]), h.get("req", ""), h.get("id")))
+
+    def _compute_frames(self, work: list[tuple[HeldSession, str, int, bytes, str]],
+                        threads: int = 0) -> list[dict[str, Any]]:
+        """Compute thread or a lane (`threads` torch threads), several sessions: decode each, step the good
+        ones together, encode each. A frame that fails alone (a bad image, a wrong size) is answered
+        with its error; the others go on."""
+        if threads:
+            from model.threads import set_cpu_threads
+
+            set_cpu_threads(threads)  # per calling thread: lanes differ in count with the sessions waiting
         frames: dict[int, np.ndarray] = {}
         outs: dict[int, dict[str, Any]] = {}
         for k, (hs, _, _, image, _) in enumerate(work):
