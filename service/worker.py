@@ -433,17 +433,19 @@ class Worker:
         return await self.b.read_inputs(self.id, self.last_id, frames_after, 1.0)
 
     async def _handle_batch(self, batch: list[Input]) -> None:
-        """Everything one read returned, in arrival order. Frames of different sessions that arrive
-        together are stepped together (up to LWL_MAX_BATCH): nothing waits for a batch to fill, a
-        session's frames stay in order, and an op is handled only after the frames before it."""
+        """Everything one read returned. An op is handled after the frames that came before it; the frames
+        between two ops are stepped in rounds, each round one frame of every session that has one (up
+        to LWL_MAX_BATCH sessions): a read returns each session's frames together, and stepping them in
+        that order would leave one session alone in each step. Nothing waits for a batch to fill, and
+        a session's frames stay in order."""
         ops = 0
-        group: dict[str, tuple[HeldSession, str, dict[str, Any], list[bytes]]] = {}
+        waiting: dict[str, list[tuple[HeldSession, str, dict[str, Any], list[bytes]]]] = {}
         for i, m in enumerate(batch):
             if self.stopping or self.draining:  # what is left stays in the streams for the next owner
                 break
             obs.QUEUE_DEPTH.set(len(batch) - i)
             if not m.sid:
-                await self._frames(group)
+                await self._rounds(waiting)
                 self.last_id = m.eid
                 ops += 1
                 await self._handle(*unpack(m.header, m.body))
@@ -451,13 +453,25 @@ class Worker:
             hs = self.sessions.get(m.sid)
             if hs is None or id_order(m.eid) <= id_order(hs.frame_id):
                 continue
-            if m.sid in group or len(group) >= self.s.max_batch:
-                await self._frames(group)
-            group[m.sid] = (hs, m.eid, *unpack(m.header, m.body))
-        await self._frames(group)
+            waiting.setdefault(m.sid, []).append((hs, m.eid, *unpack(m.header, m.body)))
+        await self._rounds(waiting)
         obs.QUEUE_DEPTH.set(0)
         if ops:
             await self.b.trim_work(self.id, self.last_id)
+
+    async def _rounds(self, waiting: dict[str, list[tuple[HeldSession, str, dict[str, Any], list[bytes]]]]) -> None:
+        """Step the waiting frames round by round: the next frame of each session with one, at most
+        LWL_MAX_BATCH sessions a round, the sessions that waited longest first."""
+        while waiting and not (self.stopping or self.draining):
+            group = {}
+            for sid in list(waiting)[: self.s.max_batch]:
+                group[sid] = waiting[sid].pop(0)
+                if not waiting[sid]:
+                    del waiting[sid]
+                else:  # to the back of the line: the next round starts with those not stepped in this one
+                    waiting[sid] = waiting.pop(sid)
+            await self._frames(group)
+        waiting.clear()
 
     async def _frames(self, group: dict[str, tuple[HeldSession, str, dict[str, Any], list[bytes]]]) -> None:
         """One frame each of several sessions: stepped together (model.tracker.step_many), published each."""
