@@ -461,7 +461,20 @@ class Worker:
 
     async def _rounds(self, waiting: dict[str, list[tuple[HeldSession, str, dict[str, Any], list[bytes]]]]) -> None:
         """Step the waiting frames round by round: the next frame of each session with one, at most
-        LWL_MAX_BATCH sessions a round, the sessions that waited longest first."""
+        LWL_MAX_BATCH sessions a round, the sessions that waited longest first. With CPU lanes the
+        sessions are dealt out to the lanes, and each lane goes through its own rounds without waiting
+        for the others."""
+        lanes = min(self.lane_count, len(waiting))
+        if lanes > 1:
+            sids = list(waiting)
+            parts = [{sid: waiting[sid] for sid in sids[k::lanes]} for k in range(lanes)]
+            await asyncio.gather(*(self._lane_rounds(part, max(1, self.threads // lanes)) for part in parts))
+        else:
+            await self._lane_rounds(waiting, 0)
+        waiting.clear()
+
+    async def _lane_rounds(self, waiting: dict[str, list[tuple[HeldSession, str, dict[str, Any], list[bytes]]]],
+                           threads: int) -> None:
         while waiting and not (self.stopping or self.draining):
             group = {}
             for sid in list(waiting)[: self.s.max_batch]:
@@ -470,14 +483,15 @@ class Worker:
                     del waiting[sid]
                 else:  # to the back of the line: the next round starts with those not stepped in this one
                     waiting[sid] = waiting.pop(sid)
-            await self._frames(group)
-        waiting.clear()
+            await self._frames(group, threads)
 
-    async def _frames(self, group: dict[str, tuple[HeldSession, str, dict[str, Any], list[bytes]]]) -> None:
-        """One frame each of several sessions: stepped together (model.tracker.step_many), published each."""
+    async def _frames(self, group: dict[str, tuple[HeldSession, str, dict[str, Any], list[bytes]]],
+                      threads: int = 0) -> None:
+        """One frame each of several sessions: stepped together (model.tracker.step_many) on the compute
+        thread (threads=0) or on a lane with that many torch threads, published each."""
         items = [(sid, hs, eid, h, blobs) for sid, (hs, eid, h, blobs) in group.items()]
         group.clear()
-        if len(items) == 1:
+        if len(items) == 1 and not threads:
             return await self._frame(items[0][0], items[0][1], items[0][2], items[0][3], items[0][4])
         todo = []
         for sid, hs, eid, h, blobs in items:
@@ -488,9 +502,7 @@ class Worker:
             todo.append((sid, hs, eid, h, blobs))
         if not todo:
             return
-        lanes = min(self.lane_count, len(todo))
-        await asyncio.gather(*(self._lane(todo[k::lanes], max(1, self.threads // lanes) if lanes > 1 else 0)
-                               for k in range(lanes)))
+        await self._lane(todo, threads)
         for sid, hs, *_ in todo:
             await self._snapshot_if_due(sid, hs)
 
