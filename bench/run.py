@@ -17,6 +17,7 @@ import torch
 
 from model.api import BUNDLED_WEIGHTS, Model, load_model, resolve_device
 from model.config import NetConfig, TrackerParams
+from model.fuse import fuse_batchnorm
 from model.network import build_network
 
 
@@ -25,6 +26,7 @@ def official_random(device: torch.device) -> Model:
     net = build_network(cfg).eval().to(device)
     with torch.no_grad():
         net.feature_extractor.bn1.running_var.fill_(4096.0)
+    fuse_batchnorm(net)  # as load_model does with the released checkpoints
     return Model(net, cfg, TrackerParams.lwl_ytvos(), device, "official-architecture (random weights)")
 
 
