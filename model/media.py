@@ -56,7 +56,9 @@ def _open(src: Source, what: str) -> Image.Image:
 def read_image(src: Source) -> np.ndarray:
     """An image file or bytes -> RGB uint8 (H, W, 3)."""
     im = _open(src, "image")
-    return np.ascontiguousarray(np.asarray(im.convert("RGB"), dtype=np.uint8))
+    if im.mode != "RGB":  # an RGB image is read as it is: converting it would copy every pixel once more
+        im = im.convert("RGB")
+    return np.asarray(im, dtype=np.uint8)
 
 
 MAX_MASK_COLOURS = 32  # more distinct colours than this is an anti-aliased or JPEG picture, not a label map
