@@ -200,9 +200,10 @@ class Worker:
 
     def _lane_pool(self) -> ThreadPoolExecutor | None:
         """On a CPU, sessions waiting at the same moment are split over lanes that step side by side, one
-        torch thread (or more) each: small convolutions scale badly over threads, so two sessions on
-        one thread each go ~1.4x faster than both on two threads (docs/DEPLOY.md, "Sizing"). A lone
-        session still gets every thread. On a GPU the batch is the way to fill the device: no lanes."""
+        torch thread (or more) each: small convolutions scale badly over threads (in one process, four
+        trackers on two 1-thread lanes ran 1.46x faster than one after another on 2 threads; through
+        `lwl serve` 1.1-1.2x, docs/DEPLOY.md "Sizing"). A lone session still gets every thread. On a GPU
+        the batch is the way to fill the device: no lanes."""
         lanes = self.s.cpu_lanes or self.threads
         if not self.device.startswith("cpu") or lanes < 2:
             return None
@@ -475,6 +476,8 @@ class Worker:
 
     async def _lane_rounds(self, waiting: dict[str, list[tuple[HeldSession, str, dict[str, Any], list[bytes]]]],
                            threads: int) -> None:
+        """The rounds of one lane (`threads` torch threads; 0 = the compute thread), until its sessions'
+        waiting frames are all stepped or the worker stops."""
         while waiting and not (self.stopping or self.draining):
             group = {}
             for sid in list(waiting)[: self.s.max_batch]:
@@ -502,11 +505,11 @@ class Worker:
             todo.append((sid, hs, eid, h, blobs))
         if not todo:
             return
-        await self._lane(todo, threads)
+        await self._step_group(todo, threads)
         for sid, hs, *_ in todo:
             await self._snapshot_if_due(sid, hs)
 
-    async def _lane(self, todo: list[tuple[str, HeldSession, str, dict[str, Any], list[bytes]]],
+    async def _step_group(self, todo: list[tuple[str, HeldSession, str, dict[str, Any], list[bytes]]],
                     threads: int) -> None:
         """Step these sessions' frames together, on the compute thread (threads=0) or on a lane with that
         many torch threads, and publish their answers as soon as they are ready."""
