@@ -72,7 +72,7 @@ def test_smoke_run_writes_every_figure(tmp_path: Path) -> None:
         pytest.skip("no Redis on 127.0.0.1:6379 (run bash .ci/ensure-redis.sh)")
     out = tmp_path / "service.json"
     cmd = [sys.executable, "-m", "bench.service", "--tiny", "--sessions", "1,2", "--frames", "6", "--threads", "1",
-           "--ratio-sessions", "2",
+           "--ratio-sessions", "2", "--ratio-repeats", "2",
            "--redis-url", REDIS_URL, "--out", str(out)]
     p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=170,
                        env={**os.environ, "OMP_NUM_THREADS": "1"})
@@ -100,6 +100,7 @@ def test_smoke_run_writes_every_figure(tmp_path: Path) -> None:
         ratio = c["concurrent_vs_sequential"]
         assert ratio["sessions"] == 2 and ratio["ratio"] == pytest.approx(
             ratio["concurrent_fps"] / ratio["sequential_fps"], rel=0.01)
+        assert len(ratio["pairs"]) == 2 and ratio["ratio"] in [p["ratio"] for p in ratio["pairs"]]
         assert c["model"] == "tiny" and c["crop"] == "64x112"
     aw = res["api_worker"]
     assert aw["redis_commands_per_frame"] > 0 and all(x["redis_commands_per_frame"] > 0 for x in aw["runs"])
