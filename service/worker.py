@@ -201,7 +201,7 @@ class Worker:
     def _lane_pool(self) -> ThreadPoolExecutor | None:
         """On a CPU, sessions waiting at the same moment are split over lanes that step side by side, one
         torch thread (or more) each: small convolutions scale badly over threads (in one process, four
-        trackers on two 1-thread lanes ran 1.46x faster than one after another on 2 threads; through
+        trackers on two 1-thread lanes ran 1.25-1.6x faster than one after another on 2 threads; through
         `lwl serve` 1.1-1.2x, docs/DEPLOY.md "Sizing"). A lone session still gets every thread. On a GPU
         the batch is the way to fill the device: no lanes."""
         lanes = self.s.cpu_lanes or self.threads
