@@ -99,9 +99,9 @@ def _step_length(g: torch.Tensor, q: tuple[torch.Tensor, ...]) -> torch.Tensor:
     return gg / (qq + 0.0 * gg).clamp(1e-8)
 
 
-def _gauss_newton_step(tau: torch.Tensor, g: torch.Tensor, q: tuple[torch.Tensor, ...]) -> torch.Tensor:
-    """tau - alpha g."""
-    return tau - _step_length(g, q).reshape(-1, *([1] * (g.dim() - 1))) * g
+def _gauss_newton_step(tau: torch.Tensor, g: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+    """tau - alpha g, alpha one per sequence (S,)."""
+    return tau - alpha.reshape(-1, *([1] * (g.dim() - 1))) * g
 
 
 class SteepestDescent(nn.Module):
@@ -148,7 +148,7 @@ class SteepestDescent(nn.Module):
                 u = tuple(e.clone() for e in r)
                 (g,) = torch.autograd.grad(r, tau, u, create_graph=True)
                 q = torch.autograd.grad(g, u, g, create_graph=outer_grad)
-                tau = _gauss_newton_step(tau, g, q)
+                tau = _gauss_newton_step(tau, g, _step_length(g, q))
                 if not outer_grad:
                     tau = tau.detach()
                 iterates.append(tau)
@@ -198,7 +198,7 @@ class SteepestDescent(nn.Module):
                 g = g_conv.reshape(tau.shape) + (r_reg * reg).reshape(tau.shape)
                 xg = F.conv2d(x, g.reshape(-1, c, *k), padding=pad, groups=s).reshape(scores.shape)
                 alpha = _step_length(g, (xg * v, g.reshape(1, s, -1) * reg))
-                tau = tau - alpha.reshape(-1, *([1] * (g.dim() - 1))) * g
+                tau = _gauss_newton_step(tau, g, alpha)
                 scores = scores - alpha.reshape(1, -1, 1, 1, 1) * xg
                 if iterates is not None:
                     iterates.append(tau)

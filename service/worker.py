@@ -510,7 +510,7 @@ class Worker:
             await self._snapshot_if_due(sid, hs)
 
     async def _step_group(self, todo: list[tuple[str, HeldSession, str, dict[str, Any], list[bytes]]],
-                    threads: int) -> None:
+                          threads: int) -> None:
         """Step these sessions' frames together, on the compute thread (threads=0) or on a lane with that
         many torch threads, and publish their answers as soon as they are ready."""
         work = [(hs, eid, int(h["seq"]), blobs[0], h.get("fmt", "png")) for _, hs, eid, h, blobs in todo]
