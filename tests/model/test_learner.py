@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from model.learner import Residual, SteepestDescent, apply_filter
+from model.learner import Residual, SteepestDescent, _filter_gradient, apply_filter
 
 
 def _problem(dtype=torch.float64, seed=0):
@@ -105,3 +105,23 @@ def test_descend_returns_the_scores_of_its_tau_and_takes_them_as_a_start() -> No
         assert torch.equal(again, tau), case
         wrong, _ = sd.descend(tau0, feat, label, weight, 3, scores=apply_filter(feat, tau0) + 1.0)
         assert not torch.allclose(wrong, tau), case
+
+
+def test_filter_gradient_equals_the_convolution_backward() -> None:
+    """The strip-and-shift weight gradient the inference steps use gives the convolution's own weight
+    gradient, for square and oblong kernels, odd image sizes, one sample or several, channels-last or not."""
+    gen = torch.Generator().manual_seed(11)
+    for n, c, h, w, d, kh, kw in [(1, 5, 7, 9, 3, 3, 3), (4, 8, 6, 11, 2, 5, 3), (3, 6, 5, 5, 4, 1, 1),
+                                  (32, 16, 15, 27, 16, 3, 3)]:
+        x = torch.randn(n, c, h, w, generator=gen)
+        weight = torch.randn(d, c, kh, kw, generator=gen)
+        grad_out = torch.randn(n, d, h, w, generator=gen)
+        for layout in (torch.contiguous_format, torch.channels_last):
+            xl = x.contiguous(memory_format=layout)
+            ref = torch.ops.aten.convolution_backward(grad_out, xl, weight, None, [1, 1], [kh // 2, kw // 2],
+                                                      [1, 1], False, [0, 0], 1, [False, True, False])[1]
+            grad = _filter_gradient(xl, weight, 1)
+            for scale in (1.0, -2.0):  # twice from one layout: the buffers it reuses start clean
+                got = grad(grad_out * scale)
+                assert got.shape == ref.shape
+                assert torch.allclose(got, ref * scale, rtol=1e-4, atol=1e-4 * ref.abs().max().item())
