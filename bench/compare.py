@@ -5,6 +5,11 @@ little about a change. This runs the same steady-state timing as `make bench` (b
 object, 854x480, median over the frames after the 32-sample memory is full) in a fresh process per
 round, alternating a git worktree of REV and this checkout, and reports each round and the ratio of
 the medians. Each process uses `--threads` torch threads.
+
+`--official` times the authors' ResNet-50 architecture instead (random weights, built by each tree's
+own `bench.run.official_random`, so each side loads it as its `load_model` would) at `--crop`, and
+`--whole` times the whole run from the first annotated frame to the last, as `lwl segment` spends it
+on a short clip (the memory never fills), instead of the steady state.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.run import FULL_MEMORY, clip
+from model.config import parse_size
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -33,21 +39,28 @@ import torch
 torch.set_num_threads({threads})
 from model.api import load_model
 {clip_source}
-m = load_model(None, "cpu")
+{model_source}
 frames, mask = clip({frames}, (480, 854))
-tr = m.new_tracker(m.default_crop_size)
+tr = m.new_tracker({crop})
+start = time.perf_counter()
 tr.step(frames[0], mask=mask)
 times = []
 for f in frames[1:]:
     t = time.perf_counter()
     tr.step(f)
     times.append(time.perf_counter() - t)
-print(json.dumps(float(np.median(times[{full}:]))))
+whole = time.perf_counter() - start
+print(json.dumps(whole if {whole} else float(np.median(times[{full}:]))))
 """
+BUNDLED = 'm = load_model(None, "cpu")'
+OFFICIAL = 'from bench.run import official_random\nm = official_random(torch.device("cpu"))'
 
 
-def child_code(frames: int, threads: int) -> str:
-    return CHILD.format(threads=threads, frames=frames, full=FULL_MEMORY, clip_source=inspect.getsource(clip))
+def child_code(frames: int, threads: int, official: bool = False, crop: tuple[int, int] | None = None,
+               whole: bool = False) -> str:
+    return CHILD.format(threads=threads, frames=frames, full=FULL_MEMORY, clip_source=inspect.getsource(clip),
+                        model_source=OFFICIAL if official else BUNDLED,
+                        crop=repr(crop) if crop else "m.default_crop_size", whole=whole)
 
 
 def time_tree(tree: Path, code: str, threads: int) -> float:
@@ -66,11 +79,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=5, help="alternating rounds (one process per tree each)")
     ap.add_argument("--frames", type=int, default=48, help=f"frames per run, more than {FULL_MEMORY + 1}")
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads of each timing process")
+    ap.add_argument("--official", action="store_true", help="the authors' ResNet-50 architecture, random weights")
+    ap.add_argument("--crop", type=parse_size, help="crop HxW (default: the model's)")
+    ap.add_argument("--whole", action="store_true", help="seconds of the whole run instead of the steady state")
     ap.add_argument("--out", help="write the rounds and ratios as JSON here")
     args = ap.parse_args(argv)
-    if args.rounds < 1 or args.frames <= FULL_MEMORY + 1 or args.threads < 1:
-        ap.error(f"--rounds and --threads must be at least 1 and --frames more than {FULL_MEMORY + 1}")
-    code = child_code(args.frames, args.threads)
+    least_frames = 2 if args.whole else FULL_MEMORY + 2
+    if args.rounds < 1 or args.frames < least_frames or args.threads < 1:
+        ap.error(f"--rounds and --threads must be at least 1 and --frames at least {least_frames}")
+    code = child_code(args.frames, args.threads, args.official, args.crop, args.whole)
+    unit = "s in all" if args.whole else "ms per frame"
     with tempfile.TemporaryDirectory(prefix="lwl-bench-compare-") as tmp:
         base = Path(tmp) / "base"
         add = subprocess.run(["git", "worktree", "add", "--detach", str(base), args.rev], cwd=ROOT,
@@ -83,8 +101,8 @@ def main(argv: list[str] | None = None) -> int:
             for i in range(args.rounds):
                 b, h = time_tree(base, code, args.threads), time_tree(ROOT, code, args.threads)
                 rounds.append({"base_ms": round(1000 * b, 1), "this_ms": round(1000 * h, 1)})
-                print(f"round {i + 1}: {args.rev} {1000 * b:.1f} ms, this checkout {1000 * h:.1f} ms per frame",
-                      flush=True)
+                scale = 1 if args.whole else 1000
+                print(f"round {i + 1}: {args.rev} {scale * b:.2f}, this checkout {scale * h:.2f} {unit}", flush=True)
         finally:
             subprocess.run(["git", "worktree", "remove", "--force", str(base)], cwd=ROOT, capture_output=True)
     base_ms = [r["base_ms"] for r in rounds]

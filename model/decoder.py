@@ -120,8 +120,29 @@ class Upsampler(nn.Module):
     def forward(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         x = bicubic_up(x, (2 * x.shape[-2], 2 * x.shape[-1]))
         x = F.relu(self.conv1(x))
-        x = bicubic_up(x, size)
-        return self.conv2(x)
+        if torch.is_grad_enabled():
+            return self.conv2(bicubic_up(x, size))
+        return self._upsample_and_conv2(x, size)
+
+    def _upsample_and_conv2(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """conv2(bicubic(x)) with the channels mixed before the resize, for inference.
+
+        Both are linear and the resize treats each channel alike, so mixing the C channels with each
+        kernel tap's weights first, resizing those k*k maps and adding them shifted by the tap's offset
+        gives the same sum (to float rounding). At the output size that is k*k one-channel maps
+        instead of C: the last conv, with a single output channel, ran at a few GFLOP/s on the CPU and
+        was, with the resize of its C channels, the dearest step of the decoder.
+        """
+        w = self.conv2.weight  # (1, C, kh, kw)
+        kh, kw = w.shape[-2:]
+        taps = bicubic_up(F.conv2d(x, w.permute(2, 3, 0, 1).reshape(kh * kw, -1, 1, 1)), size)
+        h, wd = size
+        out = self.conv2.bias.reshape(1, 1, 1, 1).expand(x.shape[0], 1, h, wd).clone()
+        for i in range(kh * kw):
+            dy, dx = i // kw - kh // 2, i % kw - kw // 2  # out[y, x] takes tap i's map at (y + dy, x + dx)
+            out[..., max(0, -dy): h - max(0, dy), max(0, -dx): wd - max(0, dx)] += \
+                taps[:, i: i + 1, max(0, dy): h + min(0, dy), max(0, dx): wd + min(0, dx)]
+        return out
 
 
 class Decoder(nn.Module):
