@@ -49,7 +49,13 @@ class Bottleneck(nn.Module):
         out = self.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
         shortcut = x if self.downsample is None else self.downsample(x)
-        return self.relu(out + shortcut)
+        return self.relu(_add_residual(out, shortcut))
+
+
+def _add_residual(out: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
+    """out + shortcut, written into `out` (a block's fresh output) when no graph is being built: a new
+    tensor per block meant fresh, page-faulting memory for an add that is bound by memory anyway."""
+    return out + shortcut if torch.is_grad_enabled() else out.add_(shortcut)
 
 
 class BasicBlock(nn.Module):
@@ -74,7 +80,7 @@ class BasicBlock(nn.Module):
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
         shortcut = x if self.downsample is None else self.downsample(x)
-        return self.relu(out + shortcut)
+        return self.relu(_add_residual(out, shortcut))
 
 
 class ResNet(nn.Module):
@@ -151,7 +157,7 @@ class MBConv(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.project(self.depthwise(self.expand(x)))
-        return x + y if self.skip else y
+        return _add_residual(y, x) if self.skip else y
 
 
 # EfficientNet-Lite0 stages: (repeats, kernel, stride, expansion, out channels); stem has 32 channels.
