@@ -173,8 +173,8 @@ class SteepestDescent(nn.Module):
                 ) -> tuple[torch.Tensor, torch.Tensor]:
         """The steps of `forward` without autograd, for inference: (tau_N, scores T_tau_N(x)).
 
-        g is the convolution's weight gradient of (v * r) plus the regulariser's part, computed with the
-        operator autograd runs for it; J g is the forward convolution of the features with g, times v.
+        g is the convolution's weight gradient of (v * r) plus the regulariser's part (on the CPU one matrix
+        product, `_filter_gradient`); J g is the forward convolution of the features with g, times v.
         The scores are linear in tau, so the next iterate's are T_tau(x) - alpha T_g(x), with T_g(x) at
         hand from J g: one convolution of three per step is saved. `scores`, T_tau(x) for the starting
         tau when the caller kept them (the tracker keeps each memory sample's), saves the first one too.
