@@ -25,7 +25,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	bash .ci/ensure-redis.sh
 	bash .ci/ensure-browser.sh
-	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -rs
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -rs --durations=15
 
 ## train-default: retrain the bundled model (ImageNet EfficientNet-Lite0 backbone, frozen) on
 ## ../shared/data/davis2016-train (about 1.5 h of CPU; rerun to resume). Writes
