@@ -344,11 +344,9 @@ def bench_service(svc: Service, args: argparse.Namespace, first: bytes, mask: by
         say(f"{svc.kind}: {n:2d} sessions at once: {r['fps']:.2f} frames/s, p50 {r['p50_ms']:.0f} ms, "
             f"p95 {r['p95_ms']:.0f} ms{extra}")
     k = args.ratio_sessions
-    at_once = next((r for r in res["runs"] if r["sessions"] == k), None)
     pairs = []  # (at once, one after another), run back to back: a shared machine's drift hits both alike
-    for i in range(args.ratio_repeats):
-        if at_once is None or i > 0:
-            at_once = asyncio.run(run_sessions(svc, k, first, mask, frames))
+    for _ in range(args.ratio_repeats):
+        at_once = asyncio.run(run_sessions(svc, k, first, mask, frames))
         seq = asyncio.run(run_sessions(svc, k, first, mask, frames, sequential=True))
         pairs.append({"concurrent_fps": at_once["fps"], "sequential_fps": seq["fps"],
                       "ratio": round(at_once["fps"] / seq["fps"], 3)})
