@@ -23,6 +23,7 @@ import logging
 import threading
 import time
 import zipfile
+from collections import deque
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -63,6 +64,7 @@ class HeldSession:
     frames_since_snapshot: int = 0
     last_active: float = field(default_factory=time.monotonic)
     frame_id: str = "0"  # id of the last entry of the session's frames stream handled here
+    read_id: str = "0"  # id of the last entry read and queued for a lane (ahead of frame_id while queued)
     store_bytes: list[int] = field(default_factory=lambda: [0, 0])  # in the store: [snapshot, replay log]
     snapshot_write: asyncio.Task | None = field(default=None, repr=False, compare=False)  # in flight, if any
 
@@ -75,6 +77,11 @@ class HeldSession:
         del self.recent[:-256]
         self.frame_id = frame_id
         self.frames_since_snapshot += 1
+
+    @property
+    def read_after(self) -> str:
+        """Where the next read of the session's frames stream starts: after what is applied or queued."""
+        return self.read_id if id_order(self.read_id) > id_order(self.frame_id) else self.frame_id
 
     def snapshot(self) -> bytes:
         """The tracker state with what a restoring worker needs to skip and replay the right frames."""
@@ -155,6 +162,12 @@ class Worker:
         self.threads = 1  # torch threads of the compute thread (set when it starts)
         self.lanes: ThreadPoolExecutor | None = None  # CPU: frames of waiting sessions, stepped side by side
         self.lane_count = 1
+        # frames read and not yet stepped, per session, the session waiting longest first; lanes take them
+        self.queued: dict[str, deque[tuple[HeldSession, str, dict[str, Any], list[bytes]]]] = {}
+        self.busy: set[str] = set()  # sessions a lane is stepping now
+        self.wide = False  # a lone session is being stepped with every thread: the other lanes wait
+        self.lanes_open = False  # the lane tasks take work (set by the work loop)
+        self.sched = asyncio.Condition()  # guards queued/busy/wide; notified on every change
         self.draining = False
         self.stopping = False
         self.stopped = asyncio.Event()
@@ -199,11 +212,10 @@ class Worker:
             log.exception("could not set torch cpu threads", extra={"worker_id": self.id})
 
     def _lane_pool(self) -> ThreadPoolExecutor | None:
-        """On a CPU, sessions waiting at the same moment are split over lanes that step side by side, one
-        torch thread (or more) each: small convolutions scale badly over threads (in one process, four
-        trackers on two 1-thread lanes ran 1.25-1.6x faster than one after another on 2 threads; through
-        `lwl serve` 1.1-1.2x, docs/DEPLOY.md "Sizing"). A lone session still gets every thread. On a GPU
-        the batch is the way to fill the device: no lanes."""
+        """On a CPU, sessions with frames waiting are stepped by lanes side by side, one torch thread (or
+        more) each: small convolutions scale badly over threads, so two 1-thread lanes do more than one
+        frame on 2 threads (docs/DEPLOY.md "Sizing"). A lone session still gets every thread. On a GPU
+        the batch is the way to fill the device: one lane, no lane threads."""
         lanes = self.s.cpu_lanes or self.threads
         if not self.device.startswith("cpu") or lanes < 2:
             return None
@@ -224,6 +236,7 @@ class Worker:
         if self.draining:
             return
         self.draining = True  # the heartbeat says so (no new sessions) and the work loop ends
+        await self._wake()  # lanes take no new frames; the steps in progress finish
         t0 = time.monotonic()
         log.info("draining", extra={"worker_id": self.id, "sessions": len(self.sessions)})
         await self._heartbeat_once()
@@ -279,6 +292,7 @@ class Worker:
     async def stop(self) -> None:
         """Finish the op at hand, snapshot held sessions (so another worker can resume them) and stop."""
         self.stopping = True
+        await self._wake()
         if self.work_task is not None and self.receiving:
             self.work_task.cancel()
         if self.work_task is not None:  # the work loop ends after its current op: no frame half recorded
@@ -408,85 +422,136 @@ class Worker:
 
     # ------------------------------------------------------------------ work loop
     async def _work_loop(self) -> None:
-        """Read, handle, repeat until stopping or draining. Nothing ends it: a store error backs off and
-        retries (results are retried where they are written), any other error is logged."""
-        while not (self.stopping or self.draining):
-            try:
-                self.receiving = True
+        """Read, queue, repeat until stopping or draining, while the lanes step what is queued. Nothing
+        ends it: a store error backs off and retries (results are retried where they are written), any
+        other error is logged. On its way out it waits for the steps in progress (none is cut in half)."""
+        self.lanes_open = True
+        lanes = [asyncio.create_task(self._lane_loop()) for _ in range(self.lane_count)]
+        try:
+            while not (self.stopping or self.draining):
                 try:
-                    batch = await self._receive()
-                finally:
-                    self.receiving = False
-                await self._handle_batch(batch)
-            except asyncio.CancelledError:
-                raise
-            except STORE_ERRORS:
-                await self._store_failed("work")
-                await asyncio.sleep(0.5)
-            except Exception:  # noqa: BLE001 - one bad read or op must not end the loop
-                obs.ERRORS.labels("worker").inc()
-                log.exception("work loop error", extra={"worker_id": self.id})
-                await asyncio.sleep(0.5)
+                    self.receiving = True
+                    try:
+                        batch = await self._receive()
+                    finally:
+                        self.receiving = False
+                    await self._handle_batch(batch)
+                except asyncio.CancelledError:
+                    raise
+                except STORE_ERRORS:
+                    await self._store_failed("work")
+                    await asyncio.sleep(0.5)
+                except Exception:  # noqa: BLE001 - one bad read or op must not end the loop
+                    obs.ERRORS.labels("worker").inc()
+                    log.exception("work loop error", extra={"worker_id": self.id})
+                    await asyncio.sleep(0.5)
+        finally:
+            await asyncio.shield(self._close_lanes(lanes))
+
+    async def _close_lanes(self, lanes: list[asyncio.Task]) -> None:
+        """No new steps; the ones in progress finish. Frames still queued stay in their streams (the next
+        owner, or this worker's next read, takes them from after the last applied frame)."""
+        async with self.sched:
+            self.lanes_open = False
+            self.sched.notify_all()
+        await asyncio.gather(*lanes, return_exceptions=True)
+        self.queued.clear()
+
+    async def _wake(self) -> None:
+        """Lanes and waiters re-check: work was queued, or the worker started draining or stopping."""
+        async with self.sched:
+            self.sched.notify_all()
 
     async def _receive(self) -> list[Input]:
-        """Ops on this worker's work stream and frames of the sessions it holds: one blocking read."""
-        frames_after = {sid: hs.frame_id for sid, hs in self.sessions.items()}
+        """Ops on this worker's work stream and frames of the sessions it holds: one blocking read, after
+        the frames already queued (the lanes step those meanwhile)."""
+        frames_after = {sid: hs.read_after for sid, hs in self.sessions.items()}
         return await self.b.read_inputs(self.id, self.last_id, frames_after, 1.0)
 
     async def _handle_batch(self, batch: list[Input]) -> None:
-        """Everything one read returned. An op is handled after the frames that came before it; the frames
-        between two ops are stepped in rounds, each round one frame of every session that has one (up
-        to LWL_MAX_BATCH sessions): a read returns each session's frames together, and stepping them in
-        that order would leave one session alone in each step. Nothing waits for a batch to fill, and
-        a session's frames stay in order."""
+        """Everything one read returned: frames are queued for the lanes, which step them while the next
+        read waits; an op is handled once the frames before it are stepped (and before those after it)."""
         ops = 0
-        waiting: dict[str, list[tuple[HeldSession, str, dict[str, Any], list[bytes]]]] = {}
-        for i, m in enumerate(batch):
+        for m in batch:
             if self.stopping or self.draining:  # what is left stays in the streams for the next owner
                 break
-            obs.QUEUE_DEPTH.set(len(batch) - i)
             if not m.sid:
-                await self._rounds(waiting)
+                await self._stepped_all()
                 self.last_id = m.eid
                 ops += 1
                 await self._handle(*unpack(m.header, m.body))
                 continue
             hs = self.sessions.get(m.sid)
-            if hs is None or id_order(m.eid) <= id_order(hs.frame_id):
+            if hs is None or id_order(m.eid) <= id_order(hs.read_after):
                 continue
-            waiting.setdefault(m.sid, []).append((hs, m.eid, *unpack(m.header, m.body)))
-        await self._rounds(waiting)
-        obs.QUEUE_DEPTH.set(0)
+            hs.read_id = m.eid
+            self.queued.setdefault(m.sid, deque()).append((hs, m.eid, *unpack(m.header, m.body)))
+        obs.QUEUE_DEPTH.set(sum(len(q) for q in self.queued.values()))
+        await self._wake()
         if ops:
             await self.b.trim_work(self.id, self.last_id)
 
-    async def _rounds(self, waiting: dict[str, list[tuple[HeldSession, str, dict[str, Any], list[bytes]]]]) -> None:
-        """Step the waiting frames round by round: the next frame of each session with one, at most
-        LWL_MAX_BATCH sessions a round, the sessions that waited longest first. With CPU lanes the
-        sessions are dealt out to the lanes, and each lane goes through its own rounds without waiting
-        for the others."""
-        lanes = min(self.lane_count, len(waiting))
-        if lanes > 1:
-            sids = list(waiting)
-            parts = [{sid: waiting[sid] for sid in sids[k::lanes]} for k in range(lanes)]
-            await asyncio.gather(*(self._lane_rounds(part, max(1, self.threads // lanes)) for part in parts))
-        else:
-            await self._lane_rounds(waiting, 0)
-        waiting.clear()
+    def _closing(self) -> bool:
+        return self.stopping or self.draining or not self.lanes_open
 
-    async def _lane_rounds(self, waiting: dict[str, list[tuple[HeldSession, str, dict[str, Any], list[bytes]]]],
-                           threads: int) -> None:
-        """The rounds of one lane (`threads` torch threads; 0 = the compute thread), until its sessions'
-        waiting frames are all stepped or the worker stops."""
-        while waiting and not (self.stopping or self.draining):
-            group = {}
-            for sid in list(waiting)[: self.s.max_batch]:
-                group[sid] = waiting[sid].pop(0)
-                if not waiting[sid]:
-                    del waiting[sid]
-                else:  # to the back of the line: the next round starts with those not stepped in this one
-                    waiting[sid] = waiting.pop(sid)
-            await self._frames(group, threads)
+    async def _stepped_all(self) -> None:
+        """Until every queued frame is stepped (or, when closing, the steps in progress are done)."""
+        async with self.sched:
+            self.sched.notify_all()
+            await self.sched.wait_for(lambda: not self.busy and (not self.queued or self._closing()))
+
+    async def _lane_loop(self) -> None:
+        """One lane: takes the next round of queued frames as soon as it is free, so no lane idles while
+        another still has work (stepping each read's frames as one block left a lane idle a fifth of
+        the time, waiting for the other to finish). Runs until the work loop ends."""
+        while True:
+            async with self.sched:
+                await self.sched.wait_for(lambda: self._closing() or self._round_ready())
+                if self._closing():
+                    return
+                group, threads, wide = self._take_round()
+            sids = list(group)  # _frames empties the group
+            try:
+                await self._frames(group, threads)
+            except asyncio.CancelledError:
+                raise
+            except STORE_ERRORS:
+                await self._store_failed("work")
+                await asyncio.sleep(0.5)
+            except Exception:  # noqa: BLE001 - one bad round must not end the lane
+                obs.ERRORS.labels("worker").inc()
+                log.exception("lane error", extra={"worker_id": self.id})
+                await asyncio.sleep(0.5)
+            finally:
+                async with self.sched:
+                    self.busy.difference_update(sids)
+                    self.wide = self.wide and not wide
+                    self.sched.notify_all()
+
+    def _round_ready(self) -> bool:
+        return not self.wide and any(sid not in self.busy for sid in self.queued)
+
+    def _take_round(self) -> tuple[dict[str, tuple[HeldSession, str, dict[str, Any], list[bytes]]], int, bool]:
+        """The next frame of each free session with one, the longest waiting first: up to LWL_MAX_BATCH
+        sessions on one device (stepped as one batch), one session per CPU lane. A lone session on an
+        idle CPU worker gets every thread (`wide`); otherwise each lane steps on its share of them.
+        Returns (group, torch threads, 0 = the compute thread's; wide)."""
+        for sid in [sid for sid, q in self.queued.items() if self.sessions.get(sid) is not q[0][0]]:
+            del self.queued[sid]  # dropped, lost or moved meanwhile: its frames are not ours to step
+        free = [sid for sid in self.queued if sid not in self.busy]
+        wide = self.lanes is not None and not self.busy and len(free) == 1
+        take = free[: 1 if self.lanes is not None else self.s.max_batch]
+        group = {}
+        for sid in take:
+            q = self.queued.pop(sid)
+            group[sid] = q.popleft()
+            if q:  # to the back of the line: the next round starts with those not stepped in this one
+                self.queued[sid] = q
+        self.busy.update(group)
+        self.wide = wide
+        obs.QUEUE_DEPTH.set(sum(len(q) for q in self.queued.values()))
+        threads = 0 if self.lanes is None or wide else max(1, self.threads // self.lane_count)
+        return group, threads, wide
 
     async def _frames(self, group: dict[str, tuple[HeldSession, str, dict[str, Any], list[bytes]]],
                       threads: int = 0) -> None:
