@@ -41,7 +41,7 @@ class Settings(BaseSettings):
     snapshot_every: int = Field(8, ge=1)
     torch_threads: int = Field(0, ge=0)  # 0 = torch's choice, capped at the cores allowed
     max_batch: int = Field(8, ge=1)  # frames of different sessions a worker steps together at most
-    cpu_lanes: int = Field(0, ge=0)  # CPU worker: waiting sessions split over lanes of 1+ threads; 0 = per thread
+    cpu_lanes: int = Field(0, ge=0)  # CPU worker: lanes (1+ threads each) step queued frames; 0 = per thread
     web_ui: bool = True  # the web page at / (service/web/)
     web_frame_ancestors: str = "self"  # CSP frame-ancestors of the page: who may embed it (self, none, origins)
     max_objects: int = Field(32, ge=1, le=254)  # objects per session (and per video job)
