@@ -536,8 +536,14 @@ class Worker:
         sessions on one device (stepped as one batch), one session per CPU lane. A lone session on an
         idle CPU worker gets every thread (`wide`); otherwise each lane steps on its share of them.
         Returns (group, torch threads, 0 = the compute thread's; wide)."""
-        for sid in [sid for sid, q in self.queued.items() if self.sessions.get(sid) is not q[0][0]]:
-            del self.queued[sid]  # dropped, lost or moved meanwhile: its frames are not ours to step
+        for sid, q in list(self.queued.items()):  # a session dropped, lost or moved meanwhile: not ours
+            held = self.sessions.get(sid)
+            if any(entry[0] is not held for entry in q):
+                kept = deque(entry for entry in q if entry[0] is held)
+                if kept:
+                    self.queued[sid] = kept
+                else:
+                    del self.queued[sid]
         free = [sid for sid in self.queued if sid not in self.busy]
         wide = self.lanes is not None and not self.busy and len(free) == 1
         take = free[: 1 if self.lanes is not None else self.s.max_batch]
