@@ -20,6 +20,7 @@ import io
 import json
 import os
 import platform
+import re
 import signal
 import socket
 import subprocess
@@ -125,11 +126,17 @@ class Service:
     threads: int
     redis_url: str = ""
     port: int = field(default_factory=free_port)
+    metrics_port: int = field(default_factory=free_port)  # the worker's /metrics (api + worker)
     procs: list[tuple[str, subprocess.Popen, Any]] = field(default_factory=list)
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def metrics_url(self) -> str:
+        """Where the worker's metrics are: the serve process's own, or the worker's metrics port."""
+        return f"{self.url}/metrics" if self.kind == "serve" else f"http://127.0.0.1:{self.metrics_port}/metrics"
 
     def _start(self, role: str, extra: dict[str, str]) -> None:
         log = open(self.logdir / f"{self.kind}-{role}.log", "ab")  # noqa: SIM115 - closed in stop()
@@ -145,7 +152,7 @@ class Service:
             self._start("serve", {**base, **model_env, "LWL_REDIS_URL": ""})
         else:
             redis = {"LWL_REDIS_URL": self.redis_url}
-            self._start("worker", {**redis, **model_env})
+            self._start("worker", {**redis, **model_env, "LWL_WORKER_METRICS_PORT": str(self.metrics_port)})
             self._start("api", {**base, **redis, "OMP_NUM_THREADS": "1", "LWL_TORCH_THREADS": "1"})
 
     def wait_ready(self, timeout: float = 300) -> dict[str, Any]:
@@ -257,6 +264,15 @@ async def stream_frames(ws_base: str, s: Stream, frames: list[bytes], max_inflig
             await asyncio.wait_for(ws.wait_closed(), 30)
 
 
+def lane_busy_seconds(metrics_url: str) -> dict[str, float]:
+    """The worker's lwl_lane_busy_seconds_total per lane (from its Prometheus text)."""
+    import httpx
+
+    text = httpx.get(metrics_url, timeout=10).text
+    return {m.group(1): float(m.group(2))
+            for m in re.finditer(r'^lwl_lane_busy_seconds_total\{lane="([^"]*)"\} (\S+)$', text, re.M)}
+
+
 def redis_snapshot(redis_url: str) -> dict[str, int]:
     import redis
 
@@ -297,16 +313,21 @@ async def run_sessions(svc: Service, n: int, first: bytes, mask: bytes, frames: 
                         raise t.exception()  # type: ignore[misc]
                 if svc.redis_url:
                     before = redis_snapshot(svc.redis_url)
+                busy0 = lane_busy_seconds(svc.metrics_url)
                 t0 = time.perf_counter()
                 go.set()
                 await asyncio.gather(*tasks)
                 wall = max(s.received[-1] for s in streams) - t0
+                busy1 = lane_busy_seconds(svc.metrics_url)
             after = redis_snapshot(svc.redis_url) if svc.redis_url and not sequential else {}
         finally:
             for s in streams:
                 await delete_session(http, s)
     out: dict[str, Any] = {"sessions": n, **summarise([x for s in streams for x in s.latencies],
                                                       n * len(frames), wall)}
+    if not sequential and busy1:  # the share of the run each lane spent stepping, on average
+        out["lanes"] = len(busy1)
+        out["lanes_busy"] = round(sum(busy1[k] - busy0.get(k, 0.0) for k in busy1) / (len(busy1) * wall), 3)
     beyond = [1000 * lat - c for s in streams for lat, c in zip(s.latencies, s.compute_ms, strict=True)]
     out["p50_beyond_compute_ms"] = round(float(np.percentile(beyond, 50)), 2)
     out["p95_beyond_compute_ms"] = round(float(np.percentile(beyond, 95)), 2)
@@ -341,6 +362,8 @@ def bench_service(svc: Service, args: argparse.Namespace, first: bytes, mask: by
         r = asyncio.run(run_sessions(svc, n, first, mask, frames))
         res["runs"].append(r)
         extra = f", {r['redis_commands_per_frame']:.1f} Redis cmd/frame" if "redis_commands_per_frame" in r else ""
+        if "lanes_busy" in r:
+            extra += f", {r['lanes']} lanes busy {100 * r['lanes_busy']:.0f}% of the run"
         say(f"{svc.kind}: {n:2d} sessions at once: {r['fps']:.2f} frames/s, p50 {r['p50_ms']:.0f} ms, "
             f"p95 {r['p95_ms']:.0f} ms{extra}")
     k = args.ratio_sessions
@@ -349,7 +372,7 @@ def bench_service(svc: Service, args: argparse.Namespace, first: bytes, mask: by
         at_once = asyncio.run(run_sessions(svc, k, first, mask, frames))
         seq = asyncio.run(run_sessions(svc, k, first, mask, frames, sequential=True))
         pairs.append({"concurrent_fps": at_once["fps"], "sequential_fps": seq["fps"],
-                      "ratio": round(at_once["fps"] / seq["fps"], 3)})
+                      "ratio": round(at_once["fps"] / seq["fps"], 3), "lanes_busy": at_once.get("lanes_busy")})
     mid = sorted(pairs, key=lambda p: p["ratio"])[len(pairs) // 2]
     res["concurrent_vs_sequential"] = {"sessions": k, **mid, "pairs": pairs}
     say(f"{svc.kind}: {k} sessions at once vs one after another, {len(pairs)} pairs: "

@@ -16,7 +16,8 @@ LATENCY = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
 ACTIVE_SESSIONS = Gauge("lwl_active_sessions", "Sessions held (worker) or known (api)")
-QUEUE_DEPTH = Gauge("lwl_queue_depth", "Work messages waiting (worker: its stream; api: all workers)")
+QUEUE_DEPTH = Gauge("lwl_queue_depth", "Work waiting (worker: frames read and queued for its lanes; api: all "
+                    "workers' work streams)")
 JOBS = Gauge("lwl_jobs", "Video jobs by state", ["state"])
 DEVICE_MEMORY = Gauge("lwl_device_memory_bytes", "Device memory in use (CUDA allocated, else process RSS)")
 STATE_BYTES = Gauge("lwl_tracker_state_bytes", "Tracker memory bound of the sessions a worker holds (admission)")
@@ -30,6 +31,8 @@ FAILOVER = Histogram(
 )
 BATCH_SIZE = Histogram("lwl_batch_frames", "Frames of different sessions stepped together by a worker",
                        buckets=(1, 2, 3, 4, 6, 8, 12, 16, 32))
+LANE_BUSY = Counter("lwl_lane_busy_seconds", "Seconds each lane of a worker spent stepping frames: its rate() "
+                    "is the share of time the lane was busy (a GPU worker has one lane)", ["lane"])
 
 _STD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
 

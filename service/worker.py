@@ -426,7 +426,7 @@ class Worker:
         ends it: a store error backs off and retries (results are retried where they are written), any
         other error is logged. On its way out it waits for the steps in progress (none is cut in half)."""
         self.lanes_open = True
-        lanes = [asyncio.create_task(self._lane_loop()) for _ in range(self.lane_count)]
+        lanes = [asyncio.create_task(self._lane_loop(str(k))) for k in range(self.lane_count)]
         try:
             while not (self.stopping or self.draining):
                 try:
@@ -500,10 +500,13 @@ class Worker:
             self.sched.notify_all()
             await self.sched.wait_for(lambda: not self.busy and (not self.queued or self._closing()))
 
-    async def _lane_loop(self) -> None:
+    async def _lane_loop(self, name: str) -> None:
         """One lane: takes the next round of queued frames as soon as it is free, so no lane idles while
         another still has work (stepping each read's frames as one block left a lane idle a fifth of
-        the time, waiting for the other to finish). Runs until the work loop ends."""
+        the time, waiting for the other to finish). Runs until the work loop ends; its busy seconds are
+        lwl_lane_busy_seconds{lane=name}."""
+        busy = obs.LANE_BUSY.labels(name)
+        busy.inc(0)  # the lane shows in /metrics from the start
         while True:
             async with self.sched:
                 await self.sched.wait_for(lambda: self._closing() or self._round_ready())
@@ -511,6 +514,7 @@ class Worker:
                     return
                 group, threads, wide = self._take_round()
             sids = list(group)  # _frames empties the group
+            t0 = time.perf_counter()
             try:
                 await self._frames(group, threads)
             except asyncio.CancelledError:
@@ -523,6 +527,7 @@ class Worker:
                 log.exception("lane error", extra={"worker_id": self.id})
                 await asyncio.sleep(0.5)
             finally:
+                busy.inc(time.perf_counter() - t0)
                 async with self.sched:
                     self.busy.difference_update(sids)
                     self.wide = self.wide and not wide

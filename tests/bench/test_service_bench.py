@@ -97,6 +97,7 @@ def test_smoke_run_writes_every_figure(tmp_path: Path) -> None:
         for run in c["runs"]:
             assert run["frames"] == 6 * run["sessions"]
             assert run["fps"] > 0 and 0 < run["p50_ms"] <= run["p95_ms"], (name, run)
+            assert run["lanes"] == 1 and 0 < run["lanes_busy"] <= 1.05, (name, run)  # one thread: one lane
         ratio = c["concurrent_vs_sequential"]
         assert ratio["sessions"] == 2 and ratio["ratio"] == pytest.approx(
             ratio["concurrent_fps"] / ratio["sequential_fps"], rel=0.01)

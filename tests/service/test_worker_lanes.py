@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from prometheus_client import REGISTRY
 
 import service.worker as worker_module
 from service.backends import MemoryBackend
@@ -66,7 +67,13 @@ async def _answers(b: MemoryBackend, sid: str, n: int, timeout: float) -> list[t
     return got
 
 
+def _lanes_busy_s() -> float:
+    return sum(REGISTRY.get_sample_value("lwl_lane_busy_seconds_total", {"lane": k}) or 0.0 for k in "01")
+
+
 def test_a_free_lane_steps_the_next_frames_while_the_other_lane_is_busy(sleepy: None) -> None:
+    busy_before = _lanes_busy_s()
+
     async def main() -> tuple[list, list, float]:
         b = MemoryBackend()
         w = Worker(Settings(torch_threads=2, cpu_lanes=2, snapshot_every=1000, heartbeat_s=60),
@@ -94,6 +101,8 @@ def test_a_free_lane_steps_the_next_frames_while_the_other_lane_is_busy(sleepy: 
     assert [a["seq"] for _, a in quick] == sorted(a["seq"] for _, a in quick)
     # the quick frames sent while the slow one (1.5 s) is stepped are answered before it ends
     assert quick[-1][0] < slow[0][0], (quick[-1][0] - t0, slow[0][0] - t0)
+    # lwl_lane_busy_seconds counts the steps: 1.5 s + 6 x 0.05 s, plus answering them
+    assert 1.8 <= _lanes_busy_s() - busy_before < 4.0
 
 
 def test_an_op_waits_for_the_frames_before_it_and_precedes_those_after(sleepy: None,
