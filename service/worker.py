@@ -456,6 +456,8 @@ class Worker:
             self.sched.notify_all()
         await asyncio.gather(*lanes, return_exceptions=True)
         self.queued.clear()
+        for hs in self.sessions.values():  # read again from after what is applied
+            hs.read_id = hs.frame_id
 
     async def _wake(self) -> None:
         """Lanes and waiters re-check: work was queued, or the worker started draining or stopping."""
