@@ -472,16 +472,18 @@ class Worker:
 
     async def _handle_batch(self, batch: list[Input]) -> None:
         """Everything one read returned: frames are queued for the lanes, which step them while the next
-        read waits; an op is handled once the frames before it are stepped (and before those after it)."""
+        read waits; an op on a session is handled once that session's frames before it are stepped (and
+        before those after it)."""
         ops = 0
         for m in batch:
             if self.stopping or self.draining:  # what is left stays in the streams for the next owner
                 break
             if not m.sid:
-                await self._stepped_all()
+                h, blobs = unpack(m.header, m.body)
+                await self._before_op(h)
                 self.last_id = m.eid
                 ops += 1
-                await self._handle(*unpack(m.header, m.body))
+                await self._handle(h, blobs)
                 continue
             hs = self.sessions.get(m.sid)
             if hs is None or id_order(m.eid) <= id_order(hs.read_after):
@@ -496,11 +498,18 @@ class Worker:
     def _closing(self) -> bool:
         return self.stopping or self.draining or not self.lanes_open
 
-    async def _stepped_all(self) -> None:
-        """Until every queued frame is stepped (or, when closing, the steps in progress are done)."""
+    async def _before_op(self, h: dict[str, Any]) -> None:
+        """An op on a session waits until that session's frames read before it are stepped (or, when
+        closing, its step in progress is done); other sessions' frames go on meanwhile. An op on no
+        session, or `adopt` of a session held here (the api asks that of a live worker whenever a
+        stream has waited a second for an answer, a no-op then), waits for nothing: under load every
+        stream sends it, and waiting for the queue to empty each time left the lanes starved."""
+        sid = h.get("sid", "")
+        if not sid or (h.get("op") == "adopt" and sid in self.sessions):
+            return
         async with self.sched:
             self.sched.notify_all()
-            await self.sched.wait_for(lambda: not self.busy and (not self.queued or self._closing()))
+            await self.sched.wait_for(lambda: sid not in self.busy and (sid not in self.queued or self._closing()))
 
     async def _lane_loop(self, name: str) -> None:
         """One lane: takes the next round of queued frames as soon as it is free, so no lane idles while

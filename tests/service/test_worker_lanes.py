@@ -137,3 +137,42 @@ def test_an_op_waits_for_the_frames_before_it_and_precedes_those_after(sleepy: N
 
     assert asyncio.run(main()) == [1, 2, 3, 4, 5]
     assert seen == [3]
+
+
+def test_an_op_does_not_wait_for_other_sessions_frames(sleepy: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The api sends `adopt` for every stream that waited a second for an answer: under load, ops that
+    waited for the whole queue each time starved the lanes."""
+    handled: list[tuple[str, float]] = []
+
+    async def op_probe(self: Worker, h: dict[str, Any], blobs: list[bytes]) -> tuple[None, None]:
+        handled.append((h["sid"], time.monotonic()))
+        return None, None
+
+    monkeypatch.setattr(Worker, "_op_probe", op_probe, raising=False)
+
+    async def main() -> list:
+        b = MemoryBackend()
+        w = Worker(Settings(torch_threads=2, cpu_lanes=2, snapshot_every=1000, heartbeat_s=60),
+                   b, model=NoModel(), worker_id="w")
+        await w.start()
+        try:
+            for sid, delay in (("slow", 1.5), ("quick", 0.05)):
+                await b.put_session(sid, {"worker": w.id}, 600)
+                w.sessions[sid] = HeldSession(tracker=SleepyTracker(delay))
+            for sid in ("slow", "slow", "quick"):
+                await b.submit_frame(sid, *pack({"op": "frame"}, b"x"), 600)
+            await asyncio.sleep(0.3)  # the first slow frame is being stepped, the second waits
+            await b.send_work(w.id, *pack({"op": "adopt", "sid": "slow"}))  # held here: a no-op
+            await b.send_work(w.id, *pack({"op": "probe", "sid": "quick"}))
+            await b.submit_frame("quick", *pack({"op": "frame"}, b"x"), 600)
+            slow, quick = await asyncio.gather(_answers(b, "slow", 2, 30), _answers(b, "quick", 2, 30))
+            return [slow, quick]
+        finally:
+            await w.stop()
+
+    slow, quick = asyncio.run(main())
+    assert [a["frame_index"] for _, a in slow] == [1, 2]
+    assert [a["frame_index"] for _, a in quick] == [1, 2]
+    assert [sid for sid, _ in handled] == ["quick"]
+    # the op on "quick" and the frame after it did not wait for the slow session's queued frames
+    assert handled[0][1] < slow[0][0] and quick[1][0] < slow[0][0]
