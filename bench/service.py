@@ -265,10 +265,14 @@ async def stream_frames(ws_base: str, s: Stream, frames: list[bytes], max_inflig
 
 
 def lane_busy_seconds(metrics_url: str) -> dict[str, float]:
-    """The worker's lwl_lane_busy_seconds_total per lane (from its Prometheus text)."""
+    """The worker's lwl_lane_busy_seconds_total per lane (from its Prometheus text); none when the
+    metrics cannot be read (the run goes on without the figure)."""
     import httpx
 
-    text = httpx.get(metrics_url, timeout=10).text
+    try:
+        text = httpx.get(metrics_url, timeout=10).text
+    except httpx.HTTPError:
+        return {}
     return {m.group(1): float(m.group(2))
             for m in re.finditer(r'^lwl_lane_busy_seconds_total\{lane="([^"]*)"\} (\S+)$', text, re.M)}
 
