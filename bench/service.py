@@ -20,7 +20,6 @@ import io
 import json
 import os
 import platform
-import re
 import signal
 import socket
 import subprocess
@@ -268,13 +267,15 @@ def lane_busy_seconds(metrics_url: str) -> dict[str, float]:
     """The worker's lwl_lane_busy_seconds_total per lane (from its Prometheus text); none when the
     metrics cannot be read (the run goes on without the figure)."""
     import httpx
+    from prometheus_client.parser import text_string_to_metric_families
 
     try:
         text = httpx.get(metrics_url, timeout=10).text
     except httpx.HTTPError:
         return {}
-    return {m.group(1): float(m.group(2))
-            for m in re.finditer(r'^lwl_lane_busy_seconds_total\{lane="([^"]*)"\} (\S+)$', text, re.M)}
+    return {sample.labels["lane"]: sample.value for family in text_string_to_metric_families(text)
+            if family.name == "lwl_lane_busy_seconds" for sample in family.samples
+            if sample.name == "lwl_lane_busy_seconds_total"}
 
 
 def redis_snapshot(redis_url: str) -> dict[str, int]:

@@ -490,10 +490,13 @@ class Worker:
                 continue
             hs.read_id = m.eid
             self.queued.setdefault(m.sid, deque()).append((hs, m.eid, *unpack(m.header, m.body)))
-        obs.QUEUE_DEPTH.set(sum(len(q) for q in self.queued.values()))
+        self._count_queued()
         await self._wake()
         if ops:
             await self.b.trim_work(self.id, self.last_id)
+
+    def _count_queued(self) -> None:
+        obs.QUEUE_DEPTH.set(sum(len(q) for q in self.queued.values()))
 
     def _closing(self) -> bool:
         return self.stopping or self.draining or not self.lanes_open
@@ -571,7 +574,7 @@ class Worker:
                 self.queued[sid] = q
         self.busy.update(group)
         self.wide = wide
-        obs.QUEUE_DEPTH.set(sum(len(q) for q in self.queued.values()))
+        self._count_queued()
         threads = 0 if self.lanes is None or wide else max(1, self.threads // self.lane_count)
         return group, threads, wide
 

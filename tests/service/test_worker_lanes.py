@@ -6,8 +6,10 @@ every session's answers stay in order."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import numpy as np
@@ -56,6 +58,22 @@ def sleepy(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(worker_module, "step_many", lambda items, max_batch=0: [tr.step(f) for tr, f in items])
 
 
+@contextlib.asynccontextmanager
+async def _two_lane_worker(delays: dict[str, float]) -> AsyncIterator[tuple[MemoryBackend, Worker]]:
+    """A started worker with 2 CPU lanes holding one sleepy session per entry of `delays`."""
+    b = MemoryBackend()
+    w = Worker(Settings(torch_threads=2, cpu_lanes=2, snapshot_every=1000, heartbeat_s=60),
+               b, model=NoModel(), worker_id="w")
+    await w.start()
+    try:
+        for sid, delay in delays.items():
+            await b.put_session(sid, {"worker": w.id}, 600)
+            w.sessions[sid] = HeldSession(tracker=SleepyTracker(delay))
+        yield b, w
+    finally:
+        await w.stop()
+
+
 async def _answers(b: MemoryBackend, sid: str, n: int, timeout: float) -> list[tuple[float, dict[str, Any]]]:
     """The first n results of a session with the time each was read."""
     got: list[tuple[float, dict[str, Any]]] = []
@@ -75,15 +93,8 @@ def test_a_free_lane_steps_the_next_frames_while_the_other_lane_is_busy(sleepy: 
     busy_before = _lanes_busy_s()
 
     async def main() -> tuple[list, list, float]:
-        b = MemoryBackend()
-        w = Worker(Settings(torch_threads=2, cpu_lanes=2, snapshot_every=1000, heartbeat_s=60),
-                   b, model=NoModel(), worker_id="w")
-        await w.start()
-        try:
+        async with _two_lane_worker({"slow": 1.5, "quick": 0.05}) as (b, w):
             assert w.lane_count == 2
-            for sid, delay in (("slow", 1.5), ("quick", 0.05)):
-                await b.put_session(sid, {"worker": w.id}, 600)
-                w.sessions[sid] = HeldSession(tracker=SleepyTracker(delay))
             t0 = time.monotonic()
             await b.submit_frame("slow", *pack({"op": "frame"}, b"x"), 600)
             await b.submit_frame("quick", *pack({"op": "frame"}, b"x"), 600)
@@ -92,8 +103,6 @@ def test_a_free_lane_steps_the_next_frames_while_the_other_lane_is_busy(sleepy: 
                 await b.submit_frame("quick", *pack({"op": "frame"}, b"x"), 600)
             slow, quick = await asyncio.gather(_answers(b, "slow", 1, 30), _answers(b, "quick", 6, 30))
             return slow, quick, t0
-        finally:
-            await w.stop()
 
     slow, quick, t0 = asyncio.run(main())
     assert [a["frame_index"] for _, a in slow] == [1]
@@ -116,14 +125,7 @@ def test_an_op_waits_for_the_frames_before_it_and_precedes_those_after(sleepy: N
     monkeypatch.setattr(Worker, "_op_probe", op_probe, raising=False)
 
     async def main() -> list[int]:
-        b = MemoryBackend()
-        w = Worker(Settings(torch_threads=2, cpu_lanes=2, snapshot_every=1000, heartbeat_s=60),
-                   b, model=NoModel(), worker_id="w")
-        await w.start()
-        try:
-            for sid in ("a", "b"):
-                await b.put_session(sid, {"worker": w.id}, 600)
-                w.sessions[sid] = HeldSession(tracker=SleepyTracker(0.1))
+        async with _two_lane_worker({"a": 0.1, "b": 0.1}) as (b, w):
             for _ in range(3):
                 for sid in ("a", "b"):
                     await b.submit_frame(sid, *pack({"op": "frame"}, b"x"), 600)
@@ -132,8 +134,6 @@ def test_an_op_waits_for_the_frames_before_it_and_precedes_those_after(sleepy: N
                 await b.submit_frame("a", *pack({"op": "frame"}, b"x"), 600)
             got = await _answers(b, "a", 5, 30)
             return [a["frame_index"] for _, a in got]
-        finally:
-            await w.stop()
 
     assert asyncio.run(main()) == [1, 2, 3, 4, 5]
     assert seen == [3]
@@ -151,14 +151,7 @@ def test_an_op_does_not_wait_for_other_sessions_frames(sleepy: None, monkeypatch
     monkeypatch.setattr(Worker, "_op_probe", op_probe, raising=False)
 
     async def main() -> list:
-        b = MemoryBackend()
-        w = Worker(Settings(torch_threads=2, cpu_lanes=2, snapshot_every=1000, heartbeat_s=60),
-                   b, model=NoModel(), worker_id="w")
-        await w.start()
-        try:
-            for sid, delay in (("slow", 1.5), ("quick", 0.05)):
-                await b.put_session(sid, {"worker": w.id}, 600)
-                w.sessions[sid] = HeldSession(tracker=SleepyTracker(delay))
+        async with _two_lane_worker({"slow": 1.5, "quick": 0.05}) as (b, w):
             for sid in ("slow", "slow", "quick"):
                 await b.submit_frame(sid, *pack({"op": "frame"}, b"x"), 600)
             await asyncio.sleep(0.3)  # the first slow frame is being stepped, the second waits
@@ -167,8 +160,6 @@ def test_an_op_does_not_wait_for_other_sessions_frames(sleepy: None, monkeypatch
             await b.submit_frame("quick", *pack({"op": "frame"}, b"x"), 600)
             slow, quick = await asyncio.gather(_answers(b, "slow", 2, 30), _answers(b, "quick", 2, 30))
             return [slow, quick]
-        finally:
-            await w.stop()
 
     slow, quick = asyncio.run(main())
     assert [a["frame_index"] for _, a in slow] == [1, 2]
