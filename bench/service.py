@@ -27,6 +27,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -105,6 +106,12 @@ def commands_diff(before: dict[str, int], after: dict[str, int]) -> dict[str, in
     """Commands run between two snapshots, largest first, zeros dropped."""
     diff = {k: v - before.get(k, 0) for k, v in after.items()}
     return dict(sorted(((k, v) for k, v in diff.items() if v > 0), key=lambda kv: -kv[1]))
+
+
+def redis_per_frame(before: dict[str, int], after: dict[str, int], frames: int) -> dict[str, Any]:
+    """Redis commands between two snapshots: per frame, and by command."""
+    cmds = commands_diff(before, after)
+    return {"redis_commands_per_frame": round(sum(cmds.values()) / frames, 2), "redis_commands": cmds}
 
 
 # ------------------------------------------------------------------------------------ the processes
@@ -224,11 +231,10 @@ async def delete_session(http: Any, s: Stream) -> None:
         raise RuntimeError(f"DELETE /v1/sessions/{s.sid}: {r.status_code} {r.text[:300]}")
 
 
-async def stream_frames(ws_base: str, s: Stream, frames: list[bytes], max_inflight: int | None,
-                        ready: asyncio.Event | None, go: asyncio.Event | None) -> None:
-    """Stream `frames` as binary messages (mode=all), never more than the server's `max_inflight`
-    outstanding, so each send time is when the server takes the frame. With `ready`/`go` the stream
-    waits after the handshake until every stream of the run is connected."""
+@contextlib.asynccontextmanager
+async def open_stream(ws_base: str, s: Stream, max_inflight: int | None) -> AsyncIterator[tuple[Any, int]]:
+    """The session's WebSocket (mode=all) after its handshake, with the server's in-flight limit; closed
+    the documented way (a close message, which the server answers with close code 1000)."""
     from websockets.asyncio.client import connect
 
     q = f"?mode=all&max_inflight={max_inflight}" if max_inflight else "?mode=all"
@@ -237,7 +243,28 @@ async def stream_frames(ws_base: str, s: Stream, frames: list[bytes], max_inflig
         hello = json.loads(await ws.recv())
         if hello.get("type") != "ready":
             raise RuntimeError(f"stream {s.sid}: expected ready, got {hello}")
-        window = asyncio.Semaphore(int(hello["max_inflight"]))
+        yield ws, int(hello["max_inflight"])
+        await ws.send(json.dumps({"type": "close"}))
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(ws.wait_closed(), 30)
+
+
+def result_of(s: Stream, raw: str | bytes) -> None:
+    """Record one answer of the stream (its time and the worker's compute_ms); anything else fails."""
+    msg = json.loads(raw)
+    if msg.get("type") != "result":
+        raise RuntimeError(f"stream {s.sid}: {msg}")
+    s.received.append(time.perf_counter())
+    s.compute_ms.append(float(msg.get("compute_ms", 0.0)))
+
+
+async def stream_frames(ws_base: str, s: Stream, frames: list[bytes], max_inflight: int | None,
+                        ready: asyncio.Event | None, go: asyncio.Event | None) -> None:
+    """Stream `frames` as binary messages, never more than the server's `max_inflight` outstanding, so
+    each send time is when the server takes the frame. With `ready`/`go` the stream waits after the
+    handshake until every stream of the run is connected."""
+    async with open_stream(ws_base, s, max_inflight) as (ws, limit):
+        window = asyncio.Semaphore(limit)
         if ready is not None and go is not None:
             ready.set()
             await go.wait()
@@ -250,17 +277,44 @@ async def stream_frames(ws_base: str, s: Stream, frames: list[bytes], max_inflig
 
         async def receive() -> None:
             for _ in frames:
-                msg = json.loads(await ws.recv())
-                if msg.get("type") != "result":
-                    raise RuntimeError(f"stream {s.sid}: {msg}")
-                s.received.append(time.perf_counter())
-                s.compute_ms.append(float(msg.get("compute_ms", 0.0)))
+                result_of(s, await ws.recv())
                 window.release()
 
         await asyncio.gather(send(), receive())
-        await ws.send(json.dumps({"type": "close"}))  # the server answers with close code 1000
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(ws.wait_closed(), 30)
+
+
+async def run_paired(svc: Service, first: bytes, mask: bytes, frames: list[bytes], local: InProcess) -> dict[str, Any]:
+    """One session at max_inflight=1, each frame stepped in this process just before it is sent: the
+    service's latency and the in-process step of the same frame, taken seconds apart, so a shared
+    machine's drift hits both alike (an in-process run minutes earlier differed by up to 30 ms)."""
+    import httpx
+
+    tracker = local.tracker()
+    steps: list[float] = []
+    async with httpx.AsyncClient(base_url=svc.url, timeout=300) as http:
+        s = await create_session(http, first, mask)
+        try:
+            async with open_stream(svc.url.replace("http://", "ws://"), s, 1) as (ws, _):
+                before = redis_snapshot(svc.redis_url) if svc.redis_url else {}
+                for k, data in enumerate(frames):
+                    steps.append(local.step(tracker, k))
+                    s.sent.append(time.perf_counter())
+                    await ws.send(data)
+                    result_of(s, await ws.recv())
+                after = redis_snapshot(svc.redis_url) if svc.redis_url else {}
+        finally:
+            await delete_session(http, s)
+    out: dict[str, Any] = {"sessions": 1, **summarise(s.latencies, len(frames), sum(s.latencies))}
+    if after:
+        out.update(redis_per_frame(before, after, len(frames)))
+    over = 1000 * (np.asarray(s.latencies) - np.asarray(steps))
+    beyond = [1000 * lat - c for lat, c in zip(s.latencies, s.compute_ms, strict=True)]
+    out.update(step_p50_ms=round(float(np.median(steps)) * 1000, 2),
+               p50_over_step_ms=round(float(np.percentile(over, 50)), 2),
+               p95_over_step_ms=round(float(np.percentile(over, 95)), 2),
+               p50_beyond_compute_ms=round(float(np.percentile(beyond, 50)), 2),
+               p95_beyond_compute_ms=round(float(np.percentile(beyond, 95)), 2))
+    return out
 
 
 def lane_busy_seconds(metrics_url: str) -> dict[str, float]:
@@ -337,26 +391,26 @@ async def run_sessions(svc: Service, n: int, first: bytes, mask: bytes, frames: 
     out["p50_beyond_compute_ms"] = round(float(np.percentile(beyond, 50)), 2)
     out["p95_beyond_compute_ms"] = round(float(np.percentile(beyond, 95)), 2)
     if after:
-        cmds = commands_diff(before, after)
-        out["redis_commands_per_frame"] = round(sum(cmds.values()) / out["frames"], 2)
-        out["redis_commands"] = cmds
+        out.update(redis_per_frame(before, after, out["frames"]))
     return out
 
 
 def bench_service(svc: Service, args: argparse.Namespace, first: bytes, mask: bytes, frames: list[bytes],
-                  step_ms: float) -> dict[str, Any]:
-    """Every run of one configuration: warm-up, max_inflight=1 (the overhead), each N, and the ratio."""
+                  local: InProcess) -> dict[str, Any]:
+    """Every run of one configuration: warm-up, max_inflight=1 paired with in-process steps (the
+    overhead), each N, and the ratio."""
     res: dict[str, Any] = {}
     say(f"{svc.kind}: warm-up (1 session, {min(3, len(frames))} frames)")
     asyncio.run(run_sessions(svc, 1, first, mask, frames[:3]))
-    one = asyncio.run(run_sessions(svc, 1, first, mask, frames, max_inflight=1))
+    one = asyncio.run(run_paired(svc, first, mask, frames, local))
     res["inflight1"] = one
-    res["overhead_ms"] = round(one["p50_ms"] - step_ms, 2)
-    # the same frame's latency minus the model time the worker reports with it: what the service adds,
-    # free of the drift between this run and the in-process one (a shared machine's speed changes)
+    res["overhead_ms"] = one["p50_over_step_ms"]
+    # the same frame's latency minus the model time the worker reports with it: what the service adds
+    # around its model step (the overhead above also counts a slower step inside the service)
     res["overhead_vs_worker_compute_ms"] = {"p50": one["p50_beyond_compute_ms"], "p95": one["p95_beyond_compute_ms"]}
-    line = (f"{svc.kind}: 1 session, max_inflight=1: p50 {one['p50_ms']:.1f} ms -> overhead {res['overhead_ms']:.1f} "
-            f"ms over the in-process step, {one['p50_beyond_compute_ms']:.1f} ms (p95 "
+    line = (f"{svc.kind}: 1 session, max_inflight=1: p50 {one['p50_ms']:.1f} ms against {one['step_p50_ms']:.1f} ms "
+            f"in-process, frame by frame -> overhead p50 {res['overhead_ms']:.1f} ms (p95 "
+            f"{one['p95_over_step_ms']:.1f}); {one['p50_beyond_compute_ms']:.1f} ms (p95 "
             f"{one['p95_beyond_compute_ms']:.1f}) over the worker's own compute")
     if "redis_commands_per_frame" in one:
         res["redis_commands_per_frame"] = one["redis_commands_per_frame"]
@@ -387,48 +441,100 @@ def bench_service(svc: Service, args: argparse.Namespace, first: bytes, mask: by
 
 
 # -------------------------------------------------------------------------------------- in-process
-def bench_in_process(weights: str | None, device: str, threads: int, sessions: list[int], first: np.ndarray,
-                     mask: np.ndarray, frames: list[np.ndarray]) -> dict[str, Any]:
-    """The same frames stepped by N trackers in this process, one frame of each tracker in turn:
-    the model's own cost, with no service. Latency here is the step time of one frame."""
+@dataclass
+class InProcess:
+    """The model in this process, with the frames the worker gets (decoded from the same JPEGs): the
+    model's own cost, with no service. Loaded once for every in-process figure."""
+
+    model: Any
+    first: np.ndarray
+    mask: np.ndarray
+    frames: list[np.ndarray]
+    threads: int
+
+    def tracker(self) -> Any:
+        """A tracker that has taken the first frame and its mask."""
+        tr = self.model.new_tracker()
+        tr.step(self.first, mask=self.mask)
+        return tr
+
+    def step(self, tracker: Any, k: int) -> float:
+        """Step frame k; its seconds."""
+        t = time.perf_counter()
+        tracker.step(self.frames[k])
+        return time.perf_counter() - t
+
+
+def load_in_process(weights: str | None, device: str, threads: int, first: np.ndarray, mask: np.ndarray,
+                    frames: list[np.ndarray]) -> InProcess:
+    """Load the model on `threads` torch threads and warm it up (the service's warm-up does the same)."""
     import torch
 
     from model.api import load_model
 
     torch.set_num_threads(threads)
-    model = load_model(weights, device)
-    warm = model.new_tracker()
-    warm.step(first, mask=mask)
-    for f in frames[:3]:
-        warm.step(f)
+    local = InProcess(load_model(weights, device), first, mask, frames, threads)
+    warm = local.tracker()
+    for k in range(min(3, len(frames))):
+        local.step(warm, k)
+    return local
+
+
+def bench_in_process(local: InProcess, sessions: list[int]) -> dict[str, Any]:
+    """The same frames stepped by N trackers, one frame of each tracker in turn. Latency here is the
+    step time of one frame."""
     runs: list[dict[str, Any]] = []
     all_steps: list[float] = []
     for n in sessions:
-        trackers = [model.new_tracker() for _ in range(n)]
-        for tr in trackers:
-            tr.step(first, mask=mask)
-        times = []
+        trackers = [local.tracker() for _ in range(n)]
         t0 = time.perf_counter()
-        for f in frames:
-            for tr in trackers:
-                t = time.perf_counter()
-                tr.step(f)
-                times.append(time.perf_counter() - t)
-        r = {"sessions": n, **summarise(times, n * len(frames), time.perf_counter() - t0)}
+        times = [local.step(tr, k) for k in range(len(local.frames)) for tr in trackers]
+        r = {"sessions": n, **summarise(times, n * len(local.frames), time.perf_counter() - t0)}
         all_steps += times
         runs.append(r)
         say(f"in_process: {n:2d} trackers: {r['fps']:.2f} frames/s, step p50 {r['p50_ms']:.0f} ms, "
             f"p95 {r['p95_ms']:.0f} ms")
         del trackers
-    # the reference for the overhead: the median over every step of every run, so one burst of load from
-    # another process on a shared machine moves it less than the median of the shortest run would
-    res = {"median_step_ms": round(float(np.median(all_steps)) * 1000, 2), "runs": runs, "model": model.name,
-           "crop": "x".join(map(str, model.default_crop_size)), "device": str(model.device),
-           "threads": torch.get_num_threads()}
-    del model, warm
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-    return res
+    return {"median_step_ms": round(float(np.median(all_steps)) * 1000, 2), "runs": runs,
+            "model": local.model.name, "crop": "x".join(map(str, local.model.default_crop_size)),
+            "device": str(local.model.device), "threads": local.threads}
+
+
+def lanes_ceiling(local: InProcess, k: int, repeats: int) -> dict[str, Any] | None:
+    """What lanes can gain on this machine with no service at all: `k` trackers on one lane per
+    thread (1 thread each, as the worker's CPU lanes), against the same trackers one after another
+    on every thread. Pairs run back to back; the median pair is the ceiling of the service's "at
+    once vs one after another" ratio. None where the worker has no lanes (one thread, a GPU)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from model.threads import set_cpu_threads
+
+    lanes = local.threads
+    if lanes < 2 or not str(local.model.device).startswith("cpu"):
+        return None
+
+    def whole(tracker: Any) -> None:
+        for i in range(len(local.frames)):
+            local.step(tracker, i)
+
+    pairs = []
+    with ThreadPoolExecutor(lanes, initializer=set_cpu_threads, initargs=(local.threads // lanes,)) as pool:
+        for _ in range(repeats):
+            trackers = [local.tracker() for _ in range(k)]
+            t0 = time.perf_counter()
+            list(pool.map(whole, trackers))
+            lanes_fps = k * len(local.frames) / (time.perf_counter() - t0)
+            trackers = [local.tracker() for _ in range(k)]
+            t0 = time.perf_counter()
+            for tr in trackers:
+                whole(tr)
+            seq_fps = k * len(local.frames) / (time.perf_counter() - t0)
+            pairs.append({"lanes_fps": round(lanes_fps, 3), "sequential_fps": round(seq_fps, 3),
+                          "ratio": round(lanes_fps / seq_fps, 3)})
+    mid = sorted(pairs, key=lambda p: p["ratio"])[len(pairs) // 2]
+    say(f"in_process: {k} trackers on {lanes} lanes of 1 thread vs one after another on {local.threads} threads, "
+        f"{len(pairs)} pairs: " + ", ".join(f"{p['ratio']:.2f}x" for p in pairs) + f"; median {mid['ratio']:.2f}x")
+    return {"sessions": k, "lanes": lanes, **mid, "pairs": pairs}
 
 
 # -------------------------------------------------------------------------------------------- output
@@ -527,9 +633,9 @@ def main(argv: list[str] | None = None) -> int:
             f"{args.threads} threads, load average {load[0]:.2f}")
 
         results: dict[str, Any] = {}
-        results["in_process"] = bench_in_process(weights, device, args.threads, args.sessions, decoded[0], mask,
-                                                 decoded[1:])
-        step_ms = results["in_process"]["median_step_ms"]
+        local = load_in_process(weights, device, args.threads, decoded[0], mask, decoded[1:])
+        results["in_process"] = bench_in_process(local, args.sessions)
+        results["in_process"]["lanes_ceiling"] = lanes_ceiling(local, args.ratio_sessions, args.ratio_repeats)
         model_name = "tiny (random weights)" if args.tiny else results["in_process"]["model"]
         base_env = {**os.environ, "LWL_WEIGHTS": weights or "", "LWL_DEVICE": device, "LWL_CROP_SIZE": "",
                     "LWL_WORKER_METRICS_PORT": "0", "LWL_RESULTS_DIR": str(tmp / "results"),
@@ -548,7 +654,7 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 svc.start()
                 info = svc.wait_ready()
-                res = bench_service(svc, args, first, png, jpegs[1:], step_ms)
+                res = bench_service(svc, args, first, png, jpegs[1:], local)
                 res["model"] = info["models"][0]["name"] if info.get("models") else ""
                 res["crop"] = info["models"][0].get("crop_size", "") if info.get("models") else ""
                 if svc.redis_url:

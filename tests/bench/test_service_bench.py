@@ -88,9 +88,13 @@ def test_smoke_run_writes_every_figure(tmp_path: Path) -> None:
 
     ip = res["in_process"]
     assert ip["median_step_ms"] > 0 and [x["sessions"] for x in ip["runs"]] == [1, 2]
+    assert ip["lanes_ceiling"] is None  # one thread: the worker has no lanes, so there is nothing to bound
     for name in ("serve", "api_worker"):
         c = res[name]
-        assert isinstance(c["overhead_ms"], float) and c["inflight1"]["frames"] == 6, name
+        one = c["inflight1"]
+        assert one["frames"] == 6 and one["step_p50_ms"] > 0, name
+        # the overhead is paired frame by frame with the in-process step of the same frame
+        assert c["overhead_ms"] == one["p50_over_step_ms"] and one["p50_over_step_ms"] <= one["p95_over_step_ms"]
         beyond = c["overhead_vs_worker_compute_ms"]  # latency minus the worker's compute_ms: positive
         assert 0 < beyond["p50"] <= beyond["p95"] < c["inflight1"]["p95_ms"], name
         assert [x["sessions"] for x in c["runs"]] == [1, 2]
@@ -107,3 +111,31 @@ def test_smoke_run_writes_every_figure(tmp_path: Path) -> None:
     assert aw["redis_commands_per_frame"] > 0 and all(x["redis_commands_per_frame"] > 0 for x in aw["runs"])
     assert "redis_commands_per_frame" not in res["serve"]["runs"][0]
     assert not list(r.scan_iter(match=f"{aw['key_prefix']}:*")), "the run left keys in Redis"
+
+
+def test_lanes_ceiling_pairs_lanes_with_one_after_another(tmp_path: Path) -> None:
+    """The in-process bound of the service's ratio: 2 trackers on 2 one-thread lanes against the same
+    trackers one after another on 2 threads, in pairs; every tracker steps every frame."""
+    import torch
+
+    from bench.service import lanes_ceiling, load_in_process
+    from model.testing import tiny_weights
+
+    frames, mask = make_clip(4, (64, 112))
+    threads = torch.get_num_threads()
+    try:
+        local = load_in_process(str(tiny_weights(tmp_path / "t.safetensors")), "cpu", 2, frames[0], mask, frames[1:])
+        steps = []
+        real_step = local.step
+        local.step = lambda tr, k: steps.append(k) or real_step(tr, k)  # type: ignore[method-assign]
+        res = lanes_ceiling(local, k=2, repeats=2)
+        assert res is not None and res["lanes"] == 2 and res["sessions"] == 2 and len(res["pairs"]) == 2
+        assert sorted(steps) == sorted(list(range(3)) * 2 * 2 * 2)  # 2 trackers x 2 halves x 2 pairs
+        for p in res["pairs"]:
+            assert p["lanes_fps"] > 0 and p["sequential_fps"] > 0
+            assert p["ratio"] == pytest.approx(p["lanes_fps"] / p["sequential_fps"], rel=0.01)
+        assert res["ratio"] in [p["ratio"] for p in res["pairs"]]
+        local.threads = 1
+        assert lanes_ceiling(local, k=2, repeats=1) is None  # one thread: no lanes to bound
+    finally:
+        torch.set_num_threads(threads)
