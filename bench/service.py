@@ -395,14 +395,15 @@ async def run_sessions(svc: Service, n: int, first: bytes, mask: bytes, frames: 
     return out
 
 
-def bench_service(svc: Service, args: argparse.Namespace, first: bytes, mask: bytes, frames: list[bytes],
+def bench_service(svc: Service, args: argparse.Namespace, first: bytes, mask: bytes, clip: list[bytes],
                   local: InProcess) -> dict[str, Any]:
     """Every run of one configuration: warm-up, max_inflight=1 paired with in-process steps (the
-    overhead), each N, and the ratio."""
+    overhead, on the first --paired-frames of the clip), each N and the ratio (the first --frames)."""
     res: dict[str, Any] = {}
+    frames = clip[: args.frames]
     say(f"{svc.kind}: warm-up (1 session, {min(3, len(frames))} frames)")
     asyncio.run(run_sessions(svc, 1, first, mask, frames[:3]))
-    one = asyncio.run(run_paired(svc, first, mask, frames, local))
+    one = asyncio.run(run_paired(svc, first, mask, clip[: args.paired_frames], local))
     res["inflight1"] = one
     res["overhead_ms"] = one["p50_over_step_ms"]
     # the same frame's latency minus the model time the worker reports with it: what the service adds
@@ -449,8 +450,9 @@ class InProcess:
     model: Any
     first: np.ndarray
     mask: np.ndarray
-    frames: list[np.ndarray]
+    frames: list[np.ndarray]  # the paired run's (the longest); the other runs step the first `run_frames`
     threads: int
+    run_frames: int = 0
 
     def tracker(self) -> Any:
         """A tracker that has taken the first frame and its mask."""
@@ -466,14 +468,14 @@ class InProcess:
 
 
 def load_in_process(weights: str | None, device: str, threads: int, first: np.ndarray, mask: np.ndarray,
-                    frames: list[np.ndarray]) -> InProcess:
+                    frames: list[np.ndarray], run_frames: int = 0) -> InProcess:
     """Load the model on `threads` torch threads and warm it up (the service's warm-up does the same)."""
     import torch
 
     from model.api import load_model
 
     torch.set_num_threads(threads)
-    local = InProcess(load_model(weights, device), first, mask, frames, threads)
+    local = InProcess(load_model(weights, device), first, mask, frames, threads, run_frames or len(frames))
     warm = local.tracker()
     for k in range(min(3, len(frames))):
         local.step(warm, k)
@@ -488,8 +490,8 @@ def bench_in_process(local: InProcess, sessions: list[int]) -> dict[str, Any]:
     for n in sessions:
         trackers = [local.tracker() for _ in range(n)]
         t0 = time.perf_counter()
-        times = [local.step(tr, k) for k in range(len(local.frames)) for tr in trackers]
-        r = {"sessions": n, **summarise(times, n * len(local.frames), time.perf_counter() - t0)}
+        times = [local.step(tr, k) for k in range(local.run_frames) for tr in trackers]
+        r = {"sessions": n, **summarise(times, n * local.run_frames, time.perf_counter() - t0)}
         all_steps += times
         runs.append(r)
         say(f"in_process: {n:2d} trackers: {r['fps']:.2f} frames/s, step p50 {r['p50_ms']:.0f} ms, "
@@ -514,7 +516,7 @@ def lanes_ceiling(local: InProcess, k: int, repeats: int) -> dict[str, Any] | No
         return None
 
     def whole(tracker: Any) -> None:
-        for i in range(len(local.frames)):
+        for i in range(local.run_frames):
             local.step(tracker, i)
 
     pairs = []
@@ -523,12 +525,12 @@ def lanes_ceiling(local: InProcess, k: int, repeats: int) -> dict[str, Any] | No
             trackers = [local.tracker() for _ in range(k)]
             t0 = time.perf_counter()
             list(pool.map(whole, trackers))
-            lanes_fps = k * len(local.frames) / (time.perf_counter() - t0)
+            lanes_fps = k * local.run_frames / (time.perf_counter() - t0)
             trackers = [local.tracker() for _ in range(k)]
             t0 = time.perf_counter()
             for tr in trackers:
                 whole(tr)
-            seq_fps = k * len(local.frames) / (time.perf_counter() - t0)
+            seq_fps = k * local.run_frames / (time.perf_counter() - t0)
             pairs.append({"lanes_fps": round(lanes_fps, 3), "sequential_fps": round(seq_fps, 3),
                           "ratio": round(lanes_fps / seq_fps, 3)})
     mid = sorted(pairs, key=lambda p: p["ratio"])[len(pairs) // 2]
@@ -588,6 +590,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sessions", type=parse_sessions, default=[1, 4, 8, 16], help="concurrent sessions, e.g. 1,4")
     ap.add_argument("--frames", type=int, default=12, help="frames each session streams after the first one")
+    ap.add_argument("--paired-frames", type=int, default=36, help="frames of the max_inflight=1 run, each "
+                    "stepped in-process just before it is sent (the overhead; per-frame noise needs many)")
     ap.add_argument("--ratio-sessions", type=int, default=4, help="sessions of the 'at once vs one after "
                     "another' ratio (issue 13's target is set for 4)")
     ap.add_argument("--ratio-repeats", type=int, default=3, help="pairs of runs (at once, then one after another) "
@@ -601,8 +605,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-redis", action="store_true", help="skip lwl api + lwl worker + Redis")
     ap.add_argument("--out", default="bench/service-results.json")
     args = ap.parse_args(argv)
-    if args.frames < 1 or args.ratio_sessions < 1 or args.ratio_repeats < 1:
-        ap.error("--frames, --ratio-sessions and --ratio-repeats must be at least 1")
+    if min(args.frames, args.paired_frames, args.ratio_sessions, args.ratio_repeats) < 1:
+        ap.error("--frames, --paired-frames, --ratio-sessions and --ratio-repeats must be at least 1")
     if not args.no_redis and not _redis_up(args.redis_url):
         print(f"bench.service: no Redis answers at {args.redis_url} (start one, e.g. bash .ci/ensure-redis.sh, "
               "or pass --redis-url, or --no-redis to skip lwl api + worker)", file=sys.stderr)
@@ -623,7 +627,7 @@ def main(argv: list[str] | None = None) -> int:
         from model.api import resolve_device
 
         device = str(resolve_device(args.device))
-        arrays, mask = make_clip(args.frames + 1)
+        arrays, mask = make_clip(max(args.frames, args.paired_frames) + 1)
         jpegs = [jpeg_bytes(a) for a in arrays]
         # the in-process run steps what the worker decodes, so both see the same pixels
         decoded = [np.asarray(Image.open(io.BytesIO(b)).convert("RGB")) for b in jpegs]
@@ -633,7 +637,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{args.threads} threads, load average {load[0]:.2f}")
 
         results: dict[str, Any] = {}
-        local = load_in_process(weights, device, args.threads, decoded[0], mask, decoded[1:])
+        local = load_in_process(weights, device, args.threads, decoded[0], mask, decoded[1:], args.frames)
         results["in_process"] = bench_in_process(local, args.sessions)
         results["in_process"]["lanes_ceiling"] = lanes_ceiling(local, args.ratio_sessions, args.ratio_repeats)
         model_name = "tiny (random weights)" if args.tiny else results["in_process"]["model"]
@@ -676,6 +680,7 @@ def main(argv: list[str] | None = None) -> int:
         "crop": ip["crop"], "device": ip["device"], "threads": args.threads, "cores": available_cpus(),
         "torch": _torch_version(), "cpu": platform.processor() or platform.machine(),
         "frame": f"{FRAME_HW[1]}x{FRAME_HW[0]}", "objects": 2, "frames_per_session": args.frames,
+        "paired_frames": args.paired_frames,
         "sessions": args.sessions, "ratio_sessions": args.ratio_sessions, "ratio_repeats": args.ratio_repeats,
         "mode": "all",
         "max_inflight": "server default (LWL_MAX_INFLIGHT_FRAMES)", "load_average_before": round(load[0], 2),

@@ -72,7 +72,7 @@ def test_smoke_run_writes_every_figure(tmp_path: Path) -> None:
         pytest.skip("no Redis on 127.0.0.1:6379 (run bash .ci/ensure-redis.sh)")
     out = tmp_path / "service.json"
     cmd = [sys.executable, "-m", "bench.service", "--tiny", "--sessions", "1,2", "--frames", "6", "--threads", "1",
-           "--ratio-sessions", "2", "--ratio-repeats", "2",
+           "--paired-frames", "8", "--ratio-sessions", "2", "--ratio-repeats", "2",
            "--redis-url", REDIS_URL, "--out", str(out)]
     p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=170,
                        env={**os.environ, "OMP_NUM_THREADS": "1"})
@@ -82,7 +82,7 @@ def test_smoke_run_writes_every_figure(tmp_path: Path) -> None:
 
     meta = res["meta"]
     for k in ("command", "model", "weights", "crop", "device", "threads", "cores", "torch", "frame", "objects",
-              "frames_per_session", "sessions", "ratio_sessions", "load_average_before", "redis_note"):
+              "frames_per_session", "paired_frames", "sessions", "ratio_sessions", "load_average_before", "redis_note"):
         assert k in meta, k
     assert meta["sessions"] == [1, 2] and meta["threads"] == 1 and meta["device"] == "cpu"
 
@@ -92,7 +92,7 @@ def test_smoke_run_writes_every_figure(tmp_path: Path) -> None:
     for name in ("serve", "api_worker"):
         c = res[name]
         one = c["inflight1"]
-        assert one["frames"] == 6 and one["step_p50_ms"] > 0, name
+        assert one["frames"] == 8 and one["step_p50_ms"] > 0, name
         # the overhead is paired frame by frame with the in-process step of the same frame
         assert c["overhead_ms"] == one["p50_over_step_ms"] and one["p50_over_step_ms"] <= one["p95_over_step_ms"]
         beyond = c["overhead_vs_worker_compute_ms"]  # latency minus the worker's compute_ms: positive
