@@ -286,7 +286,7 @@ async def stream_frames(ws_base: str, s: Stream, frames: list[bytes], max_inflig
 async def run_paired(svc: Service, first: bytes, mask: bytes, frames: list[bytes], local: InProcess) -> dict[str, Any]:
     """One session at max_inflight=1, each frame stepped in this process just before it is sent: the
     service's latency and the in-process step of the same frame, taken seconds apart, so a shared
-    machine's drift hits both alike (an in-process run minutes earlier differed by up to 30 ms)."""
+    machine's drift hits both alike (an in-process run minutes earlier differed by tens of ms)."""
     import httpx
 
     tracker = local.tracker()
@@ -502,11 +502,11 @@ def bench_in_process(local: InProcess, sessions: list[int]) -> dict[str, Any]:
             "device": str(local.model.device), "threads": local.threads}
 
 
-def lanes_ceiling(local: InProcess, k: int, repeats: int) -> dict[str, Any] | None:
-    """What lanes can gain on this machine with no service at all: `k` trackers on one lane per
-    thread (1 thread each, as the worker's CPU lanes), against the same trackers one after another
-    on every thread. Pairs run back to back; the median pair is the ceiling of the service's "at
-    once vs one after another" ratio. None where the worker has no lanes (one thread, a GPU)."""
+def lanes_vs_sequential(local: InProcess, k: int, repeats: int) -> dict[str, Any] | None:
+    """What lanes gain on this machine with no service at all: `k` trackers on one lane per thread
+    (1 thread each, as the worker's CPU lanes), against the same trackers one after another on every
+    thread. Pairs run back to back; the median pair is what the service's "at once vs one after
+    another" ratio is read against. None where the worker has no lanes (one thread, a GPU)."""
     from concurrent.futures import ThreadPoolExecutor
 
     from model.threads import set_cpu_threads
@@ -639,7 +639,8 @@ def main(argv: list[str] | None = None) -> int:
         results: dict[str, Any] = {}
         local = load_in_process(weights, device, args.threads, decoded[0], mask, decoded[1:], args.frames)
         results["in_process"] = bench_in_process(local, args.sessions)
-        results["in_process"]["lanes_ceiling"] = lanes_ceiling(local, args.ratio_sessions, args.ratio_repeats)
+        results["in_process"]["lanes_vs_sequential"] = lanes_vs_sequential(local, args.ratio_sessions,
+                                                                           args.ratio_repeats)
         model_name = "tiny (random weights)" if args.tiny else results["in_process"]["model"]
         base_env = {**os.environ, "LWL_WEIGHTS": weights or "", "LWL_DEVICE": device, "LWL_CROP_SIZE": "",
                     "LWL_WORKER_METRICS_PORT": "0", "LWL_RESULTS_DIR": str(tmp / "results"),

@@ -88,7 +88,7 @@ def test_smoke_run_writes_every_figure(tmp_path: Path) -> None:
 
     ip = res["in_process"]
     assert ip["median_step_ms"] > 0 and [x["sessions"] for x in ip["runs"]] == [1, 2]
-    assert ip["lanes_ceiling"] is None  # one thread: the worker has no lanes, so there is nothing to bound
+    assert ip["lanes_vs_sequential"] is None  # one thread: the worker has no lanes, nothing to compare
     for name in ("serve", "api_worker"):
         c = res[name]
         one = c["inflight1"]
@@ -113,12 +113,12 @@ def test_smoke_run_writes_every_figure(tmp_path: Path) -> None:
     assert not list(r.scan_iter(match=f"{aw['key_prefix']}:*")), "the run left keys in Redis"
 
 
-def test_lanes_ceiling_pairs_lanes_with_one_after_another(tmp_path: Path) -> None:
-    """The in-process bound of the service's ratio: 2 trackers on 2 one-thread lanes against the same
+def test_lanes_vs_sequential_pairs_lanes_with_one_after_another(tmp_path: Path) -> None:
+    """The in-process reference of the service's ratio: 2 trackers on 2 one-thread lanes against the same
     trackers one after another on 2 threads, in pairs; every tracker steps every frame."""
     import torch
 
-    from bench.service import lanes_ceiling, load_in_process
+    from bench.service import lanes_vs_sequential, load_in_process
     from model.testing import tiny_weights
 
     frames, mask = make_clip(4, (64, 112))
@@ -128,7 +128,7 @@ def test_lanes_ceiling_pairs_lanes_with_one_after_another(tmp_path: Path) -> Non
         steps = []
         real_step = local.step
         local.step = lambda tr, k: steps.append(k) or real_step(tr, k)  # type: ignore[method-assign]
-        res = lanes_ceiling(local, k=2, repeats=2)
+        res = lanes_vs_sequential(local, k=2, repeats=2)
         assert res is not None and res["lanes"] == 2 and res["sessions"] == 2 and len(res["pairs"]) == 2
         assert sorted(steps) == sorted(list(range(3)) * 2 * 2 * 2)  # 2 trackers x 2 halves x 2 pairs
         for p in res["pairs"]:
@@ -136,6 +136,6 @@ def test_lanes_ceiling_pairs_lanes_with_one_after_another(tmp_path: Path) -> Non
             assert p["ratio"] == pytest.approx(p["lanes_fps"] / p["sequential_fps"], rel=0.01)
         assert res["ratio"] in [p["ratio"] for p in res["pairs"]]
         local.threads = 1
-        assert lanes_ceiling(local, k=2, repeats=1) is None  # one thread: no lanes to bound
+        assert lanes_vs_sequential(local, k=2, repeats=1) is None  # one thread: no lanes
     finally:
         torch.set_num_threads(threads)
