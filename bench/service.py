@@ -27,7 +27,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -106,6 +106,16 @@ def commands_diff(before: dict[str, int], after: dict[str, int]) -> dict[str, in
     """Commands run between two snapshots, largest first, zeros dropped."""
     diff = {k: v - before.get(k, 0) for k, v in after.items()}
     return dict(sorted(((k, v) for k, v in diff.items() if v > 0), key=lambda kv: -kv[1]))
+
+
+def p50_p95(name: str, values: Any) -> dict[str, float]:
+    """{"p50_<name>": ..., "p95_<name>": ...} of `values` (ms), rounded."""
+    return {f"p{q}_{name}": round(float(np.percentile(values, q)), 2) for q in (50, 95)}
+
+
+def median_pair(pairs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The pair with the median ratio (the upper one of an even count): a real pair, not an average."""
+    return sorted(pairs, key=lambda p: p["ratio"])[len(pairs) // 2]
 
 
 def redis_per_frame(before: dict[str, int], after: dict[str, int], frames: int) -> dict[str, Any]:
@@ -249,6 +259,12 @@ async def open_stream(ws_base: str, s: Stream, max_inflight: int | None) -> Asyn
             await asyncio.wait_for(ws.wait_closed(), 30)
 
 
+def beyond_compute_ms(streams: list[Stream]) -> list[float]:
+    """Each answer's latency minus the model time the worker reported with it, ms: what the service
+    adds around its model step."""
+    return [1000 * lat - c for s in streams for lat, c in zip(s.latencies, s.compute_ms, strict=True)]
+
+
 def result_of(s: Stream, raw: str | bytes) -> None:
     """Record one answer of the stream (its time and the worker's compute_ms); anything else fails."""
     msg = json.loads(raw)
@@ -307,13 +323,9 @@ async def run_paired(svc: Service, first: bytes, mask: bytes, frames: list[bytes
     out: dict[str, Any] = {"sessions": 1, **summarise(s.latencies, len(frames), sum(s.latencies))}
     if after:
         out.update(redis_per_frame(before, after, len(frames)))
-    over = 1000 * (np.asarray(s.latencies) - np.asarray(steps))
-    beyond = [1000 * lat - c for lat, c in zip(s.latencies, s.compute_ms, strict=True)]
-    out.update(step_p50_ms=round(float(np.median(steps)) * 1000, 2),
-               p50_over_step_ms=round(float(np.percentile(over, 50)), 2),
-               p95_over_step_ms=round(float(np.percentile(over, 95)), 2),
-               p50_beyond_compute_ms=round(float(np.percentile(beyond, 50)), 2),
-               p95_beyond_compute_ms=round(float(np.percentile(beyond, 95)), 2))
+    out["step_p50_ms"] = round(float(np.median(steps)) * 1000, 2)
+    out.update(p50_p95("over_step_ms", 1000 * (np.asarray(s.latencies) - np.asarray(steps))))
+    out.update(p50_p95("beyond_compute_ms", beyond_compute_ms([s])))
     return out
 
 
@@ -387,9 +399,7 @@ async def run_sessions(svc: Service, n: int, first: bytes, mask: bytes, frames: 
     if not sequential and busy1:  # the share of the run each lane spent stepping, on average
         out["lanes"] = len(busy1)
         out["lanes_busy"] = round(sum(busy1[k] - busy0.get(k, 0.0) for k in busy1) / (len(busy1) * wall), 3)
-    beyond = [1000 * lat - c for s in streams for lat, c in zip(s.latencies, s.compute_ms, strict=True)]
-    out["p50_beyond_compute_ms"] = round(float(np.percentile(beyond, 50)), 2)
-    out["p95_beyond_compute_ms"] = round(float(np.percentile(beyond, 95)), 2)
+    out.update(p50_p95("beyond_compute_ms", beyond_compute_ms(streams)))
     if after:
         out.update(redis_per_frame(before, after, out["frames"]))
     return out
@@ -433,7 +443,7 @@ def bench_service(svc: Service, args: argparse.Namespace, first: bytes, mask: by
         seq = asyncio.run(run_sessions(svc, k, first, mask, frames, sequential=True))
         pairs.append({"concurrent_fps": at_once["fps"], "sequential_fps": seq["fps"],
                       "ratio": round(at_once["fps"] / seq["fps"], 3), "lanes_busy": at_once.get("lanes_busy")})
-    mid = sorted(pairs, key=lambda p: p["ratio"])[len(pairs) // 2]
+    mid = median_pair(pairs)
     res["concurrent_vs_sequential"] = {"sessions": k, **mid, "pairs": pairs}
     say(f"{svc.kind}: {k} sessions at once vs one after another, {len(pairs)} pairs: "
         + ", ".join(f"{p['concurrent_fps']:.2f} vs {p['sequential_fps']:.2f} frames/s ({p['ratio']:.2f}x)"
@@ -519,21 +529,21 @@ def lanes_vs_sequential(local: InProcess, k: int, repeats: int) -> dict[str, Any
         for i in range(local.run_frames):
             local.step(tracker, i)
 
+    def fps(run: Callable[[list[Any]], object]) -> float:
+        """Frames/s of `run` over k fresh trackers."""
+        trackers = [local.tracker() for _ in range(k)]
+        t0 = time.perf_counter()
+        run(trackers)
+        return k * local.run_frames / (time.perf_counter() - t0)
+
     pairs = []
-    with ThreadPoolExecutor(lanes, initializer=set_cpu_threads, initargs=(local.threads // lanes,)) as pool:
+    with ThreadPoolExecutor(lanes, initializer=set_cpu_threads, initargs=(1,)) as pool:
         for _ in range(repeats):
-            trackers = [local.tracker() for _ in range(k)]
-            t0 = time.perf_counter()
-            list(pool.map(whole, trackers))
-            lanes_fps = k * local.run_frames / (time.perf_counter() - t0)
-            trackers = [local.tracker() for _ in range(k)]
-            t0 = time.perf_counter()
-            for tr in trackers:
-                whole(tr)
-            seq_fps = k * local.run_frames / (time.perf_counter() - t0)
+            lanes_fps = fps(lambda trs: list(pool.map(whole, trs)))
+            seq_fps = fps(lambda trs: [whole(tr) for tr in trs])
             pairs.append({"lanes_fps": round(lanes_fps, 3), "sequential_fps": round(seq_fps, 3),
                           "ratio": round(lanes_fps / seq_fps, 3)})
-    mid = sorted(pairs, key=lambda p: p["ratio"])[len(pairs) // 2]
+    mid = median_pair(pairs)
     say(f"in_process: {k} trackers on {lanes} lanes of 1 thread vs one after another on {local.threads} threads, "
         f"{len(pairs)} pairs: " + ", ".join(f"{p['ratio']:.2f}x" for p in pairs) + f"; median {mid['ratio']:.2f}x")
     return {"sessions": k, "lanes": lanes, **mid, "pairs": pairs}
