@@ -178,6 +178,12 @@ export function streamUrl(wsUrl, options) {
  * (result, error, skipped) names the frame it belongs to, in `mode=latest` too.
  * Callbacks: onReady(msg), onAnswer(msg), onClose(code, reason).
  */
+/** Raised by Stream.send when the socket has closed: the stream's onClose reports the close, and the frame stays
+ * in flight for Reconnect to send again, so the sender has nothing to say. */
+export class StreamClosedError extends Error {
+  constructor() { super("the stream is not open"); this.name = "StreamClosedError"; }
+}
+
 export class Stream {
   constructor(url, token, handlers) {
     this.handlers = handlers;
@@ -208,7 +214,7 @@ export class Stream {
   async send(id, blob) {
     const b64 = await blobToBase64(blob);
     if (this.ws.readyState === WebSocket.OPEN) this.ws.send(JSON.stringify({ type: "frame", id, image: b64 }));
-    else throw new Error("the stream is not open");
+    else throw new StreamClosedError();
   }
 
   /** Ask the service to answer what is in flight, then close. */

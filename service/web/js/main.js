@@ -301,8 +301,13 @@ async function onReady(msg) {
   S.lastAnswerAt = performance.now();
   if (msg.resumed) {
     const accepted = new Set(msg.resumed.map((r) => r.id));
-    for (const [id, entry] of S.inflight) {  // in the order sent: the accepted ones come first
-      if (!accepted.has(id)) await S.stream.send(id, entry.blob);
+    try {
+      for (const [id, entry] of S.inflight) {  // in the order sent: the accepted ones come first
+        if (!accepted.has(id)) await S.stream.send(id, entry.blob);
+      }
+    } catch (err) {
+      if (err instanceof api.StreamClosedError) return; // closed again: onClose offers Reconnect once more
+      throw err;
     }
   }
   pump();
@@ -341,7 +346,8 @@ async function pump() {
       await sendFrame(frame);
     }
   } catch (err) {
-    showMessage(`reading the source failed: ${api.describeError(err)}`);
+    // A stream that closed mid-send is onClose's to report (with Reconnect); saying more here would replace that.
+    if (!(err instanceof api.StreamClosedError)) showMessage(`reading the source failed: ${api.describeError(err)}`);
   } finally {
     S.pumping = false;
   }

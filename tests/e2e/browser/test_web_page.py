@@ -469,10 +469,28 @@ def test_a_dropped_connection_offers_reconnect_then_restart(cluster_factory, bro
     assert errors == [] or all("WebSocket" in e or "Failed to load resource" in e for e in errors), errors
 
 
+# Holds every Stream.send until releaseSends(), which also puts the plain send back. The page's modules are
+# singletons per URL, so patching the class the test imports patches the page's streams.
+HOLD_SENDS = """async () => {
+  const m = await import(new URL("web/js/api.js", document.baseURI).href);
+  const send = m.Stream.prototype.send;
+  let release;
+  const released = new Promise((r) => { release = r; });
+  window.heldSends = 0;
+  window.releaseSends = () => { m.Stream.prototype.send = send; release(); };
+  m.Stream.prototype.send = async function (...args) {
+    window.heldSends += 1;
+    await released;
+    return send.apply(this, args);
+  };
+}"""
+
+
 def test_reconnect_after_an_api_restart_resumes_with_every_frame_once(cluster_factory, browser, tmp_path) -> None:  # noqa: ANN001
     """api + worker + Redis: the api is killed with frames in flight and started again; Reconnect resumes the
     stream (resume_from): the frames the session had accepted are answered, the others sent again, and every
-    frame of the images is segmented exactly once, in order."""
+    frame of the images is segmented exactly once, in order. One frame's send is held across the kill, so it
+    fails after the page has said the stream closed: that must not replace the message and its Reconnect."""
     c = cluster_factory(True)
     api = c.start("api")
     c.start("worker")
@@ -484,9 +502,14 @@ def test_reconnect_after_an_api_restart_resumes_with_every_frame_once(cluster_fa
     paint(page, [(x + 6, y + 6), (x + w - 6, y + h - 6), (x + w / 2, y + h / 2)])
     page.click("#btn-start")
     wait(page, "window.lwl.counts.answered >= 3", 60)
+    page.evaluate(HOLD_SENDS)
+    wait(page, "window.heldSends > 0", 60)  # the next frame waits inside Stream.send
     api.stop(signal.SIGKILL)  # a crash: nothing is said to the page, frames are in flight
     wait(page, "!document.getElementById('message').hidden && document.body.dataset.phase === 'paused'", 60)
+    page.evaluate("() => window.releaseSends()")  # the held send now meets a closed socket
+    page.wait_for_timeout(300)
     print("page said:", message(page))
+    assert "Reconnect resumes them" in message(page)
     c.start("api")
     c.wait_ready(workers=1)
     page.click("#message-actions button:text('Reconnect')")
