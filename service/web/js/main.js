@@ -301,13 +301,8 @@ async function onReady(msg) {
   S.lastAnswerAt = performance.now();
   if (msg.resumed) {
     const accepted = new Set(msg.resumed.map((r) => r.id));
-    try {
-      for (const [id, entry] of S.inflight) {  // in the order sent: the accepted ones come first
-        if (!accepted.has(id)) await S.stream.send(id, entry.blob);
-      }
-    } catch (err) {
-      if (err instanceof api.StreamClosedError) return; // closed again: onClose offers Reconnect once more
-      throw err;
+    for (const [id, entry] of S.inflight) {  // in the order sent: the accepted ones come first
+      if (!accepted.has(id) && !(await sendKept(id, entry.blob))) return;
     }
   }
   pump();
@@ -318,12 +313,25 @@ function dropInflight() {
   S.inflight.clear();
 }
 
+/** Send a frame that is already in flight; false when the stream has closed. The frame then stays in flight, and
+ * onClose reports the close with Reconnect, which sends it again: the sender has nothing to add. */
+async function sendKept(id, blob) {
+  try {
+    await S.stream.send(id, blob);
+    return true;
+  } catch (err) {
+    if (err instanceof api.StreamClosedError) return false;
+    throw err;
+  }
+}
+
+/** A new frame in flight, sent; false when the stream has closed (see sendKept). */
 async function sendFrame(frame) {
   const id = ++S.nextId;
   S.inflight.set(id, { bitmap: frame.bitmap, t: performance.now(), blob: frame.blob });
   S.counts.sent += 1;
   if (S.record) S.sent.push({ id, blob: frame.blob });
-  await S.stream.send(id, frame.blob);
+  return sendKept(id, frame.blob);
 }
 
 /** Files and images: keep up to max_inflight frames at the service, in order, until the last one. */
@@ -343,11 +351,10 @@ async function pump() {
         S.stream.finish();
         break;
       }
-      await sendFrame(frame);
+      if (!(await sendFrame(frame))) break;
     }
   } catch (err) {
-    // A stream that closed mid-send is onClose's to report (with Reconnect); saying more here would replace that.
-    if (!(err instanceof api.StreamClosedError)) showMessage(`reading the source failed: ${api.describeError(err)}`);
+    showMessage(`reading the source failed: ${api.describeError(err)}`);
   } finally {
     S.pumping = false;
   }
@@ -467,8 +474,8 @@ async function resume() {
   if (S.pendingFrame !== undefined) {
     const f = S.pendingFrame;
     S.pendingFrame = undefined;
-    if (f) await sendFrame(f);
-    else { S.sourceDone = true; setPhase("finishing"); S.stream.finish(); return; }
+    if (!f) { S.sourceDone = true; setPhase("finishing"); S.stream.finish(); return; }
+    if (!(await sendFrame(f))) return;
   }
   pump();
 }
