@@ -173,17 +173,17 @@ export function streamUrl(wsUrl, options) {
   return u.toString();
 }
 
-/**
- * One WebSocket stream of a session. Frames go out as JSON envelopes with an `id`, so every answer
- * (result, error, skipped) names the frame it belongs to, in `mode=latest` too.
- * Callbacks: onReady(msg), onAnswer(msg), onClose(code, reason).
- */
 /** Raised by Stream.send when the socket has closed: the stream's onClose reports the close, and the frame stays
  * in flight for Reconnect to send again, so the sender has nothing to say. */
 export class StreamClosedError extends Error {
   constructor() { super("the stream is not open"); this.name = "StreamClosedError"; }
 }
 
+/**
+ * One WebSocket stream of a session. Frames go out as JSON envelopes with an `id`, so every answer
+ * (result, error, skipped) names the frame it belongs to, in `mode=latest` too.
+ * Callbacks: onReady(msg), onAnswer(msg), onClose(code, reason).
+ */
 export class Stream {
   constructor(url, token, handlers) {
     this.handlers = handlers;
