@@ -477,11 +477,12 @@ HOLD_SENDS = """async () => {
   let release;
   const released = new Promise((r) => { release = r; });
   window.heldSends = 0;
+  window.settledSends = 0;
   window.releaseSends = () => { m.Stream.prototype.send = send; release(); };
   m.Stream.prototype.send = async function (...args) {
     window.heldSends += 1;
     await released;
-    return send.apply(this, args);
+    try { return await send.apply(this, args); } finally { window.settledSends += 1; }
   };
 }"""
 
@@ -507,7 +508,8 @@ def test_reconnect_after_an_api_restart_resumes_with_every_frame_once(cluster_fa
     api.stop(signal.SIGKILL)  # a crash: nothing is said to the page, frames are in flight
     wait(page, "!document.getElementById('message').hidden && document.body.dataset.phase === 'paused'", 60)
     page.evaluate("() => window.releaseSends()")  # the held send now meets a closed socket
-    page.wait_for_timeout(300)
+    wait(page, "window.settledSends === window.heldSends", 30)
+    page.wait_for_timeout(100)  # the sender's own reaction to the failed send runs after it settles
     print("page said:", message(page))
     assert "Reconnect resumes them" in message(page)
     c.start("api")
