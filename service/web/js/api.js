@@ -173,12 +173,6 @@ export function streamUrl(wsUrl, options) {
   return u.toString();
 }
 
-/** Raised by Stream.send when the socket has closed: the stream's onClose reports the close, and the frame stays
- * in flight for Reconnect to send again, so the sender has nothing to say. */
-export class StreamClosedError extends Error {
-  constructor() { super("the stream is not open"); this.name = "StreamClosedError"; }
-}
-
 /**
  * One WebSocket stream of a session. Frames go out as JSON envelopes with an `id`, so every answer
  * (result, error, skipped) names the frame it belongs to, in `mode=latest` too.
@@ -210,11 +204,13 @@ export class Stream {
     }
   }
 
-  /** Send one frame (a Blob of JPEG/PNG bytes) with the page's id for it. */
+  /** Send one frame (a Blob of JPEG/PNG bytes) with the page's id for it. False when the socket has closed
+   * (it may close while the frame is encoded): nothing was sent, and onClose reports the close. */
   async send(id, blob) {
     const b64 = await blobToBase64(blob);
-    if (this.ws.readyState === WebSocket.OPEN) this.ws.send(JSON.stringify({ type: "frame", id, image: b64 }));
-    else throw new StreamClosedError();
+    if (this.ws.readyState !== WebSocket.OPEN) return false;
+    this.ws.send(JSON.stringify({ type: "frame", id, image: b64 }));
+    return true;
   }
 
   /** Ask the service to answer what is in flight, then close. */

@@ -302,7 +302,7 @@ async function onReady(msg) {
   if (msg.resumed) {
     const accepted = new Set(msg.resumed.map((r) => r.id));
     for (const [id, entry] of S.inflight) {  // in the order sent: the accepted ones come first
-      if (!accepted.has(id) && !(await sendKept(id, entry.blob))) return;
+      if (!accepted.has(id) && !(await S.stream.send(id, entry.blob))) return;
     }
   }
   pump();
@@ -313,25 +313,14 @@ function dropInflight() {
   S.inflight.clear();
 }
 
-/** Send a frame that is already in flight; false when the stream has closed. The frame then stays in flight, and
- * onClose reports the close with Reconnect, which sends it again: the sender has nothing to add. */
-async function sendKept(id, blob) {
-  try {
-    await S.stream.send(id, blob);
-    return true;
-  } catch (err) {
-    if (err instanceof api.StreamClosedError) return false;
-    throw err;
-  }
-}
-
-/** A new frame in flight, sent; false when the stream has closed (see sendKept). */
+/** A new frame in flight, sent; false when the stream has closed. The frame then stays in flight for Reconnect to
+ * send again, and onClose reports the close: the sender has nothing to add. */
 async function sendFrame(frame) {
   const id = ++S.nextId;
   S.inflight.set(id, { bitmap: frame.bitmap, t: performance.now(), blob: frame.blob });
   S.counts.sent += 1;
   if (S.record) S.sent.push({ id, blob: frame.blob });
-  return sendKept(id, frame.blob);
+  return S.stream.send(id, frame.blob);
 }
 
 /** Files and images: keep up to max_inflight frames at the service, in order, until the last one. */
