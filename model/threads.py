@@ -39,12 +39,24 @@ def available_cpus(root: Path = CGROUP_ROOT) -> int:
     return max(1, cpus)
 
 
+def resolve_threads(requested: int = 0) -> int:
+    """The torch thread count to use: `requested` when above 0, else OMP_NUM_THREADS when the user set
+    it, else `available_cpus()`. Resolved once by whoever starts the work, then applied in each thread
+    that computes: torch keeps the count per calling thread, so a count read from a thread that was
+    set to 1 (a loader, a test harness) would carry that 1 into the compute thread."""
+    if requested > 0:
+        return requested
+    env = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    return available_cpus()
+
+
 def set_cpu_threads(n: int = 0) -> int:
-    """Set torch's intra-op threads to `n`; with 0 cap torch's own choice (its default, or what
-    OMP_NUM_THREADS asked for) at `available_cpus()`. Returns the number in use."""
+    """Set the calling thread's torch intra-op threads to `resolve_threads(n)`; returns the number."""
     import torch
 
-    n = n if n > 0 else min(torch.get_num_threads(), available_cpus())
+    n = resolve_threads(n)
     if n != torch.get_num_threads():
         torch.set_num_threads(n)
     return n

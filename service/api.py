@@ -543,8 +543,9 @@ def create_app(settings: Settings, backend: RedisBackend | MemoryBackend, worker
         for w in await backend.live_workers():
             m = models.setdefault(w.get("model", ""), {"name": w.get("model", ""), "workers": 0, "free": 0,
                                                       "box_init": bool(w.get("box_init")),
-                                                      "crop_size": w.get("crop_size", "")})
+                                                      "crop_size": w.get("crop_size", ""), "threads": 0})
             m["workers"] += 1
+            m["threads"] = max(m["threads"], int(w.get("threads") or 0))
             m["free"] += int(w.get("free", 0))
         return {"version": __version__, "models": list(models.values()),
                 "limits": {"max_upload_bytes": settings.max_upload_bytes,
@@ -780,7 +781,7 @@ def create_app(settings: Settings, backend: RedisBackend | MemoryBackend, worker
                          frames_total=int(rec.get("frames_total", 0)),
                          error=rec.get("error") or None, created=float(rec["created"]),
                          updated=float(rec.get("updated", rec["created"])), worker_id=rec.get("worker"),
-                         results=results)
+                         threads=int(rec["threads"]) if rec.get("threads") else None, results=results)
 
     @app.get("/v1/jobs/{jid}/result", tags=["jobs"], responses={**ERRORS, 409: {"model": ErrorBody}})
     async def job_result(jid: str, format: str = Query("png", pattern="^(png|rle|mp4)$"),  # noqa: A002

@@ -36,6 +36,8 @@ class FrameResultOut(BaseModel):
     labels: str | None = Field(None, description="png: base64 DAVIS indexed PNG, all objects")
     objects: list[ObjectOut]
     compute_ms: float = Field(description="worker compute time for this frame (model forward)")
+    threads: int | None = Field(None, description="torch CPU threads that stepped this frame (the worker's count, or a "
+                         "lane's share when several sessions' frames were stepped side by side)")
     worker_id: str | None = None
 
 
@@ -87,6 +89,7 @@ class JobStatus(BaseModel):
     created: float
     updated: float
     worker_id: str | None = None
+    threads: int | None = Field(None, description="torch CPU threads the job runs with (once running)")
     results: dict[str, str] = Field(default_factory=dict, description="format -> download URL (when done)")
 
 
@@ -103,6 +106,7 @@ class WorkerInfo(BaseModel):
     draining: bool
     box_init: bool = Field(False, description="the model has a box encoder: boxes can start objects")
     crop_size: str = Field("", description="the model's default crop HxW")
+    threads: int = Field(0, description="torch CPU threads of the worker's compute thread")
 
 
 class ModelInfo(BaseModel):
@@ -113,6 +117,7 @@ class ModelInfo(BaseModel):
     crop_size: str = Field(description="default network crop HxW")
     workers: int = Field(description="live workers serving it")
     free: int = Field(description="session slots free on those workers")
+    threads: int = Field(0, description="torch CPU threads per worker (the largest among live workers)")
 
 
 class Limits(BaseModel):

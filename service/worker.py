@@ -32,8 +32,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
+import torch
 
 from model.errors import InputError
+from model.threads import resolve_threads
 from model.tracker import step_many
 from model.video import Annotation
 from service import jobs as jobfiles
@@ -156,10 +158,11 @@ class Worker:
         self.model = model
         self.id = worker_id or settings.resolved_worker_id
         self.sessions: dict[str, HeldSession] = {}
-        # torch's CPU thread count is per calling thread (an OpenMP pool each): each executor sets its own
+        # torch's CPU thread count is per calling thread (an OpenMP pool each): resolved once here (the
+        # cores this process may use, unless LWL_TORCH_THREADS says otherwise), applied by each executor
+        self.threads = resolve_threads(settings.torch_threads)
         self.compute = ThreadPoolExecutor(1, thread_name_prefix="lwl-compute", initializer=self._torch_threads)
         self.job_pool = ThreadPoolExecutor(1, thread_name_prefix="lwl-job", initializer=self._torch_threads)
-        self.threads = 1  # torch threads of the compute thread (set when it starts)
         self.lanes: ThreadPoolExecutor | None = None  # CPU: frames of waiting sessions, stepped side by side
         self.lane_count = 1
         # frames read and not yet stepped, per session, the session waiting longest first; lanes take them
@@ -196,17 +199,18 @@ class Worker:
         for coro in (self._heartbeat_loop(), self._evict_loop(), self._job_loop()):
             self.tasks.append(asyncio.create_task(coro))
         log.info("worker started", extra={"worker_id": self.id, "device": self.device,
-                                          "model": self.model.name})
+                                          "model": self.model.name, "threads": self.threads})
 
     def _torch_threads(self) -> None:
-        """Executor thread start: LWL_TORCH_THREADS for the torch work of this thread. Set in the main
-        thread it would not reach here (OpenMP keeps the count per thread), and the compute thread ran
-        with OpenMP's default, as many threads as cores."""
+        """Executor thread start: the resolved thread count for the torch work of this thread. Set in the
+        main thread it would not reach here (torch keeps the count per thread)."""
+        import torch
+
         from model.threads import set_cpu_threads
 
         try:  # an initializer that raises would break the executor for good
-            threads = self.threads = set_cpu_threads(self.s.torch_threads)
-            log.info("torch cpu threads", extra={"worker_id": self.id, "threads": threads,
+            set_cpu_threads(self.threads)
+            log.info("torch cpu threads", extra={"worker_id": self.id, "threads": torch.get_num_threads(),
                                                  "executor": threading.current_thread().name})
         except Exception:  # noqa: BLE001 - torch's default count is slower, not wrong
             log.exception("could not set torch cpu threads", extra={"worker_id": self.id})
@@ -331,6 +335,7 @@ class Worker:
             "state_bytes": self.held_state_bytes(), "state_budget_bytes": self.s.worker_state_bytes,
             "store_bytes": self.store_bytes(),
             "max_crop_pixels": self.max_crop_pixels, "max_objects": self.s.max_objects,
+            "threads": self.threads,
         }
 
     async def _heartbeat_once(self) -> bool:
@@ -703,6 +708,7 @@ class Worker:
     def _encode(res: Any, fmt: str, model_ms: float) -> dict[str, Any]:
         t = time.perf_counter()
         out = encode_result(res, fmt, model_ms)
+        out["threads"] = torch.get_num_threads()  # this step's (compute thread or lane) torch threads
         obs.LATENCY.labels("encode").observe(time.perf_counter() - t)
         return out
 
@@ -1043,7 +1049,8 @@ class Worker:
             return
         loop = asyncio.get_running_loop()
         d = Path(self.s.results_dir) / "jobs" / jid
-        if not await self.b.update_job(jid, {"state": "running", "worker": self.id,
+        threads = await loop.run_in_executor(self.job_pool, torch.get_num_threads)  # the job thread's count
+        if not await self.b.update_job(jid, {"state": "running", "worker": self.id, "threads": str(threads),
                                              "updated": f"{time.time():.3f}"}):
             return  # deleted while queued
         log.info("job started", extra={"job_id": jid, "worker_id": self.id})

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from model.threads import _quota_cpus, available_cpus, set_cpu_threads
+from model.threads import _quota_cpus, available_cpus, resolve_threads, set_cpu_threads
 
 HOST = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
@@ -35,13 +35,19 @@ def test_cgroup_v1_quota_and_unlimited(tmp_path: Path) -> None:
         assert available_cpus(root) == HOST
 
 
-def test_set_cpu_threads() -> None:
+def test_set_cpu_threads_resolves_the_count_not_the_calling_threads(monkeypatch) -> None:  # noqa: ANN001
+    """0 means the cores this process may use, whatever count the calling thread happens to have (a thread
+    started after another was set to 1 inherits that 1); OMP_NUM_THREADS is an explicit choice and wins."""
     before = torch.get_num_threads()
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     try:
         assert set_cpu_threads(1) == 1 and torch.get_num_threads() == 1
+        assert resolve_threads(0) == available_cpus()
+        assert set_cpu_threads(0) == available_cpus() == torch.get_num_threads()
         torch.set_num_threads(64)  # torch's default on a big host, whatever the container may use
         assert set_cpu_threads(0) == available_cpus() == torch.get_num_threads()
-        torch.set_num_threads(1)  # OMP_NUM_THREADS=1: an explicit smaller choice is kept
-        assert set_cpu_threads(0) == 1
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")
+        assert set_cpu_threads(0) == 1 == torch.get_num_threads()
+        assert set_cpu_threads(3) == 3 == torch.get_num_threads()  # an explicit count wins over both
     finally:
         torch.set_num_threads(before)
