@@ -6,6 +6,7 @@ ones. See docs/ARCHITECTURE.md for the whole contract.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,7 @@ from model.config import NetConfig, TrackerParams, parse_size
 from model.errors import InputError
 from model.fuse import fuse_batchnorm
 from model.network import LWLNet
+from model.threads import set_cpu_threads
 from model.tracker import FrameResult, ObjectResult, Tracker, step_many
 from model.video import Annotation, SegmentedFrame, segment_video
 
@@ -56,6 +58,11 @@ class Model:
     @property
     def default_crop_size(self) -> tuple[int, int]:
         return tuple(self.config.crop_size)  # type: ignore[return-value]
+
+    @property
+    def exact(self) -> bool:
+        """Exact mode: the reference's operators in its order (load_model(exact=True))."""
+        return self.net.exact
 
     @property
     def has_box_encoder(self) -> bool:
@@ -102,8 +109,23 @@ class Model:
         return cls(net, config, TrackerParams.preset(preset), torch.device(device), name)
 
 
-def load_model(weights: str | Path | None = None, device: str | None = None, preset: str | None = None) -> Model:
-    """Load official `.pth` or our `.safetensors` weights (None: the bundled default model)."""
+def exact_from_env() -> bool:
+    """LWL_EXACT=1 (or true/yes/on) asks for exact mode where a caller does not say."""
+    return os.environ.get("LWL_EXACT", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def load_model(weights: str | Path | None = None, device: str | None = None, preset: str | None = None,
+               exact: bool | None = None, threads: int | None = 0) -> Model:
+    """Load official `.pth` or our `.safetensors` weights (None: the bundled default model).
+
+    `exact` (None: LWL_EXACT): the reference's operators in the reference's order, for masks equal to the
+    authors' tracker bit for bit (LWLNet.set_exact); otherwise BatchNorms are folded and the fast kernels
+    run. `threads`: torch CPU threads for the calling thread, 0 = the cores this process may use
+    (model/threads.py), None = leave torch's setting alone.
+    """
+    if threads is not None:
+        set_cpu_threads(threads)
+    exact = exact_from_env() if exact is None else exact
     path = Path(weights) if weights else BUNDLED_WEIGHTS
     if weights is None and not path.is_file():
         raise InputError(f"the bundled default model is missing ({path}); pass weights explicitly")
@@ -114,7 +136,11 @@ def load_model(weights: str | Path | None = None, device: str | None = None, pre
         from model.train.ablation import apply_ablation
 
         apply_ablation(net, w.meta["ablation"])
-    fuse_batchnorm(net.eval())  # inference only: a Model is never trained (the trainer builds its own net)
+    net.eval()
+    if exact:
+        net.set_exact()
+    else:
+        fuse_batchnorm(net)  # inference only: a Model is never trained (the trainer builds its own net)
     params = TrackerParams.preset(preset or w.tracker_preset)
     name = "default" if weights is None else path.stem
     return Model(net, w.config, params, dev, name)

@@ -105,7 +105,13 @@ class ResNet(nn.Module):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
         # Channels-last: ResNet-50 at 480x832 runs ~1.25x faster so on the development CPU (0.41 s against
         # 0.52 s with folded BatchNorms). GroupNorm variants keep the default layout.
-        self.layout = torch.channels_last if norm == "bn" else torch.contiguous_format
+        self.layout = torch.contiguous_format
+        self.use_channels_last(norm == "bn")
+
+    def use_channels_last(self, on: bool) -> None:
+        """Lay the trunk out channels-last (faster on the CPU) or in the default layout, whose convolutions
+        sum in the reference's order (exact mode)."""
+        self.layout = torch.channels_last if on else torch.contiguous_format
         self.to(memory_format=self.layout)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:

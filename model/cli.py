@@ -111,15 +111,13 @@ def cmd_segment(args: argparse.Namespace) -> int:
     from model.config import parse_size
     from model.media import FrameSource, write_label_png
     from model.overlay import OverlayWriter
-    from model.threads import set_cpu_threads
     from model.video import segment_video
 
-    set_cpu_threads(args.threads)
     anns = _annotations(args)
     src = FrameSource(args.source)
     _check_names(anns, src.names)
     crop = parse_size(args.size) if args.size else None
-    model = load_model(args.weights, args.device, args.params)
+    model = load_model(args.weights, args.device, args.params, exact=args.exact or None, threads=args.threads)
     out = OutputFolder(args.out)
     overlay_path = Path(args.overlay) if args.overlay else None
     overlay = None
@@ -186,6 +184,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "the source's frame rate, 25 fps for a folder)")
     p.add_argument("--threads", type=int, default=0,
                    help="torch CPU threads (default: the cores this process may use)")
+    p.add_argument("--exact", action="store_true",
+                   help="exact mode: the reference's operators in its order, masks equal to the authors' tracker "
+                        "bit for bit on the same machine (slower; also LWL_EXACT=1)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_segment)
 

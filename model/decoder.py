@@ -116,12 +116,14 @@ class Upsampler(nn.Module):
         super().__init__()
         self.conv1 = nn.Conv2d(in_dim, in_dim // 2, 3, padding=1)
         self.conv2 = nn.Conv2d(in_dim // 2, 1, 3, padding=1)
+        self.exact = False  # the reference's operators (torch's bicubic, then conv2): LWLNet.set_exact
 
     def forward(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        x = bicubic_up(x, (2 * x.shape[-2], 2 * x.shape[-1]))
-        x = F.relu(self.conv1(x))
-        if torch.is_grad_enabled():
-            return self.conv2(bicubic_up(x, size))
+        if self.exact or torch.is_grad_enabled():
+            x = F.interpolate(x, (2 * x.shape[-2], 2 * x.shape[-1]), mode="bicubic", align_corners=False)
+            x = F.relu(self.conv1(x))
+            return self.conv2(F.interpolate(x, tuple(size), mode="bicubic", align_corners=False))
+        x = F.relu(self.conv1(bicubic_up(x, (2 * x.shape[-2], 2 * x.shape[-1]))))
         return self._upsample_and_conv2(x, size)
 
     def _upsample_and_conv2(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

@@ -117,6 +117,7 @@ class SteepestDescent(nn.Module):
         super().__init__()
         self.residual_module = residual_module
         self.num_iter = num_iter
+        self.exact = False  # inference in the reference's operator order (LWLNet.set_exact)
 
     def forward(
         self,
@@ -170,15 +171,19 @@ class SteepestDescent(nn.Module):
 
     def descend(self, tau: torch.Tensor, feat: torch.Tensor, label: torch.Tensor, sample_weight: torch.Tensor | None,
                 num_iter: int, scores: torch.Tensor | None = None, iterates: list[torch.Tensor] | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The steps of `forward` without autograd, for inference: (tau_N, scores T_tau_N(x)).
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The steps of `forward` without autograd, for inference: (tau_N, scores T_tau_N(x) or None).
 
-        g is the convolution's weight gradient of (v * r) plus the regulariser's part (on the CPU one matrix
-        product, `_filter_gradient`); J g is the forward convolution of the features with g, times v.
-        The scores are linear in tau, so the next iterate's are T_tau(x) - alpha T_g(x), with T_g(x) at
-        hand from J g: one convolution of three per step is saved. `scores`, T_tau(x) for the starting
-        tau when the caller kept them (the tracker keeps each memory sample's), saves the first one too.
-        The result equals autograd's up to float rounding (~1e-6 relative; tests/model/test_learner.py).
+        g is the convolution's weight gradient of (v * r) plus the regulariser's part; J g is the forward
+        convolution of the features with g, times v. Two numerics:
+        - fast (default): the gradient is one matrix product on the CPU (`_filter_gradient`), and the
+          scores are carried: they are linear in tau, so the next iterate's are T_tau(x) - alpha T_g(x),
+          with T_g(x) at hand from J g, which saves one convolution of three per step. `scores`, T_tau(x)
+          for the starting tau when the caller kept them (the tracker keeps each memory sample's), saves
+          the first one too. Equal to autograd up to float rounding (~1e-6 relative).
+        - exact (`self.exact`): the operators autograd runs, in its order (scores convolved afresh each
+          step, the convolution's own weight gradient): bit for bit the reference's Gauss-Newton steps.
+          It returns no scores, so a caller keeps none.
         """
         n, s, c, h, w = feat.shape
         k = (int(tau.shape[-2]), int(tau.shape[-1]))
@@ -186,10 +191,10 @@ class SteepestDescent(nn.Module):
         x = feat.reshape(n, s * c, h, w)
         reg = self.residual_module.filter_reg
         with torch.no_grad():
-            filter_grad = _filter_gradient(x, tau.reshape(-1, c, *k), s)
-            if scores is None:
+            filter_grad = _filter_gradient(x, tau.reshape(-1, c, *k), s, reference=self.exact)
+            if scores is None or self.exact:
                 scores = apply_filter(feat, tau)
-            for _ in range(num_iter):
+            for i in range(num_iter):
                 v = Residual.weight(sample_weight, scores, n)
                 r_data = v * (scores - label.reshape(scores.shape))
                 r_reg = reg * tau.reshape(1, s, -1)
@@ -198,13 +203,17 @@ class SteepestDescent(nn.Module):
                 xg = F.conv2d(x, g.reshape(-1, c, *k), padding=pad, groups=s).reshape(scores.shape)
                 alpha = _step_length(g, (xg * v, g.reshape(1, s, -1) * reg))
                 tau = _gauss_newton_step(tau, g, alpha)
-                scores = scores - alpha.reshape(1, -1, 1, 1, 1) * xg
                 if iterates is not None:
                     iterates.append(tau)
-        return tau, scores
+                if not self.exact:
+                    scores = scores - alpha.reshape(1, -1, 1, 1, 1) * xg
+                elif i + 1 < num_iter:
+                    scores = apply_filter(feat, tau)
+        return tau, (None if self.exact else scores)
 
 
-def _filter_gradient(x: torch.Tensor, weight: torch.Tensor, groups: int) -> Callable[[torch.Tensor], torch.Tensor]:
+def _filter_gradient(x: torch.Tensor, weight: torch.Tensor, groups: int,
+                     reference: bool = False) -> Callable[[torch.Tensor], torch.Tensor]:
     """d/dweight of a 'same' convolution of x (N, groups*C, h, w), as a function of the output's gradient.
 
     A fit's steps all take the weight gradient over the same features, so for one group they are laid out
@@ -212,9 +221,10 @@ def _filter_gradient(x: torch.Tensor, weight: torch.Tensor, groups: int) -> Call
     every kernel offset is then one shift along the strip, and the gradient for all offsets together is
     one matrix product of the strip with shifted copies of the output's gradient. On the CPU that runs
     about twice as fast as the convolution's own weight gradient (oneDNN's), to float rounding the same
-    sums (tests/model/test_learner.py). Several groups, and other devices, use the convolution's backward.
+    sums (tests/model/test_learner.py). Several groups, other devices and `reference` (exact mode) use the
+    convolution's backward, which is what autograd runs.
     """
-    if groups != 1 or x.device.type != "cpu":
+    if reference or groups != 1 or x.device.type != "cpu":
         pad = [weight.shape[-2] // 2, weight.shape[-1] // 2]
         return lambda grad_out: torch.ops.aten.convolution_backward(
             grad_out, x, weight, None, [1, 1], pad, [1, 1], False, [0, 0], groups, [False, True, False])[1]
@@ -256,9 +266,10 @@ class TargetModel(nn.Module):
         return self.feature_extractor(layer3)
 
     def fit(self, feat: torch.Tensor, label: torch.Tensor, sample_weight: torch.Tensor | None, num_iter: int,
-            tau: torch.Tensor | None = None, scores: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Inference: (tau, T_tau(feat)) after `num_iter` steps from tau (zeros unless given), whose scores
-        T_tau(feat) the caller may pass when it has them (SteepestDescent.descend)."""
+            tau: torch.Tensor | None = None, scores: torch.Tensor | None = None
+            ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Inference: (tau, T_tau(feat), None in exact mode) after `num_iter` steps from tau (zeros unless
+        given), whose scores T_tau(feat) the caller may pass when it has them (SteepestDescent.descend)."""
         if tau is None:
             tau = self.filter_initializer(feat)
         return self.filter_optimizer.descend(tau, feat, label, sample_weight, num_iter, scores)

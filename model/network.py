@@ -41,6 +41,21 @@ class LWLNet(nn.Module):
         self.box_label_encoder = (
             BoxEncoder(cfg.tm_feature_dim, cfg.box_encoder_dims, cfg.num_filters) if cfg.has_box_encoder else None
         )
+        self.exact = False
+
+    def set_exact(self, exact: bool = True) -> LWLNet:
+        """Exact mode: inference runs the reference's operators in the reference's order (the ResNet in
+        the default layout, torch's bicubic before the decoder's last convolution, the learner's steps as
+        autograd runs them, each object's crop through the network alone), so that masks equal the
+        authors' tracker bit for bit on the same machine. The fast kernels agree to float rounding, but a
+        tracker feeds its masks back into its memory, so rounding grows over a video. BatchNorms must not
+        be folded (`load_model` leaves them in exact mode)."""
+        self.exact = exact
+        self.decoder.project.exact = exact
+        self.target_model.filter_optimizer.exact = exact
+        if hasattr(self.feature_extractor, "use_channels_last"):  # the ResNets; the Lite trunk has no reference
+            self.feature_extractor.use_channels_last(not exact and self.cfg.norm == "bn")
+        return self
 
     def train(self, mode: bool = True) -> LWLNet:
         """Official models keep every BatchNorm in eval mode even while training."""

@@ -153,8 +153,10 @@ class FewShotMemory:
     1 / (floor + rest), so the sum may end slightly above 1, as in the reference.
     """
 
-    def __init__(self, size: int, learning_rate: float, lower_init_weight: bool, weight_floor: float) -> None:
+    def __init__(self, size: int, learning_rate: float, lower_init_weight: bool, weight_floor: float,
+                 channels_last: bool = True) -> None:
         self.size = size
+        self.channels_last = channels_last  # the samples' layout (exact mode: the default layout)
         self.learning_rate = learning_rate
         self.lower_init_weight = lower_init_weight
         self.weight_floor = weight_floor
@@ -170,13 +172,13 @@ class FewShotMemory:
         self._scored = [False] * size  # which slots' scores hold
 
     @classmethod
-    def from_params(cls, params: TrackerParams) -> FewShotMemory:
+    def from_params(cls, params: TrackerParams, channels_last: bool = True) -> FewShotMemory:
         return cls(params.sample_memory_size, params.learning_rate, params.lower_init_weight,
-                   params.init_samples_minimum_weight)
+                   params.init_samples_minimum_weight, channels_last)
 
     def start(self, x: torch.Tensor, mask_crop: torch.Tensor) -> None:
         """Empty memory holding the first frame's sample at weight 1 (protected when there is a floor)."""
-        self.samples = _sample_buffer(x, self.size)
+        self.samples = _sample_buffer(x, self.size, self.channels_last)
         self.masks = x.new_zeros(self.size, 1, *mask_crop.shape[-2:])
         self.samples[0] = x
         self.masks[0] = mask_crop[0].to(self.masks.device)
@@ -223,8 +225,12 @@ class FewShotMemory:
         n = self.num_stored if n is None else n
         return self.scores[:n] if self.scores is not None and all(self._scored[:n]) else None
 
-    def keep_scores(self, scores: torch.Tensor) -> None:
-        """Scores of the first len(scores) samples under a new tau; the others' no longer hold."""
+    def keep_scores(self, scores: torch.Tensor | None) -> None:
+        """Scores of the first len(scores) samples under a new tau; the others' no longer hold. None (the
+        exact learner keeps none): no sample's scores hold."""
+        if scores is None:
+            self.scores, self._scored = None, [False] * self.size
+            return
         if self.scores is None:
             self.scores = scores.new_zeros(self.size, *scores.shape[1:])
         n = scores.shape[0]
@@ -302,7 +308,7 @@ class FewShotMemory:
         s, m, w = state["samples"], state["masks"], state["weights"]
         if w.shape[0] != self.size:
             raise InputError(f"tracker state has a memory of {w.shape[0]} samples, its parameters say {self.size}")
-        self.samples = _sample_buffer(s.to(device), self.size)
+        self.samples = _sample_buffer(s.to(device), self.size, self.channels_last)
         self.masks = m.new_zeros(self.size, *m.shape[1:]).to(device)
         self.samples[: s.shape[0]] = s.to(device)
         self.masks[: m.shape[0]] = m.to(device)
@@ -317,10 +323,13 @@ class FewShotMemory:
             self.keep_scores(state["scores"].to(device))
 
 
-def _sample_buffer(like: torch.Tensor, size: int) -> torch.Tensor:
+def _sample_buffer(like: torch.Tensor, size: int, channels_last: bool) -> torch.Tensor:
     """Zeros (size, 1, C, h, w) for features like `like` (..., C, h, w), laid out channels-last (C varies
-    fastest): the learner's convolutions over the memory run about a fifth faster so on the CPU."""
+    fastest) unless asked otherwise: the learner's convolutions over the memory run about a fifth faster
+    so on the CPU, but oneDNN then sums in another order than the reference's default layout."""
     c, h, w = like.shape[-3:]
+    if not channels_last:
+        return like.new_zeros(size, 1, c, h, w)
     return like.new_zeros(size, 1, h, w, c).permute(0, 1, 4, 2, 3)
 
 
@@ -370,7 +379,7 @@ class TargetModelLearner:
 
     def _fit(self, feat: torch.Tensor, label: torch.Tensor, sw: torch.Tensor, weights: torch.Tensor | None,
              num_iter: int, tau: torch.Tensor | None, scores: torch.Tensor | None
-             ) -> tuple[torch.Tensor, torch.Tensor]:
+             ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """A's steps without autograd: (tau, the samples' scores under it)."""
         with torch.no_grad():
             if weights is not None:
@@ -396,7 +405,7 @@ class Target:
         self.params = params
         self.device = device
         self.window = CropWindow(crop_hw, net.cfg.filter_size, params)
-        self.memory = FewShotMemory.from_params(params)
+        self.memory = FewShotMemory.from_params(params, channels_last=not net.exact)
         self.learner = TargetModelLearner.from_params(net, params)
         self.frame_num = 0  # frames seen by this object, its first frame is 1
         self.last_x: torch.Tensor | None = None  # features of the last crop, labelled on the next frame

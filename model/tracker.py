@@ -74,6 +74,8 @@ def track_objects(items: list[tuple[Tracker, torch.Tensor]], max_batch: int = 0,
     out: list[dict[int, torch.Tensor]] = [{} for _ in items]
     for members in patches.values():
         step = max_batch if max_batch > 0 else len(members)
+        if work[members[0]][2].net.exact:  # a batch of crops sums in another order than one crop alone
+            step = 1
         for i in range(0, len(members), step):
             group = members[i : i + step]
             net, device = work[group[0]][2].net, work[group[0]][2].device

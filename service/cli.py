@@ -37,15 +37,13 @@ def _load_model(s: Settings, role: str) -> object | None:
     """Load the worker's model before serving, so a bad LWL_WEIGHTS/LWL_DEVICE fails at once in one line."""
     from model.api import load_model
     from model.errors import InputError
-    from model.threads import set_cpu_threads
 
     # One torch thread here: this thread only loads. The worker's compute thread sets its own count;
     # with an OpenMP pool left here as well, the process has more pool threads than cores, and OpenMP
     # then stops spinning between parallel regions: the compute thread's frames took 1.5x as long.
-    set_cpu_threads(1)
     try:
         dev = None if s.device in ("", "auto") else s.device
-        return load_model(weights=s.weights or None, device=dev)
+        return load_model(weights=s.weights or None, device=dev, exact=s.exact, threads=1)
     except InputError as exc:
         print(f"lwl {role}: {exc}", file=sys.stderr)
         return None

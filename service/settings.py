@@ -39,7 +39,8 @@ class Settings(BaseSettings):
     key_prefix: str = "lwl"
     request_timeout_s: float = Field(120, gt=0)
     snapshot_every: int = Field(8, ge=1)
-    torch_threads: int = Field(0, ge=0)  # 0 = torch's choice, capped at the cores allowed
+    torch_threads: int = Field(0, ge=0)  # 0 = OMP_NUM_THREADS if set, else the cores the process may use
+    exact: bool = False  # exact mode: the reference's operators in its order (model.api.load_model)
     max_batch: int = Field(8, ge=1)  # frames of different sessions a worker steps together at most
     cpu_lanes: int = Field(0, ge=0)  # CPU worker: lanes (1+ threads each) step queued frames; 0 = per thread
     web_ui: bool = True  # the web page at / (service/web/)

@@ -231,7 +231,7 @@ class Worker:
         from model.api import load_model
 
         dev = None if self.s.device in ("", "auto") else self.s.device
-        return load_model(weights=self.s.weights or None, device=dev)
+        return load_model(weights=self.s.weights or None, device=dev, exact=self.s.exact, threads=None)
 
     async def drain(self) -> None:
         """SIGTERM: stop taking sessions and jobs, finish the frames or op at hand, hand every held session
@@ -335,7 +335,7 @@ class Worker:
             "state_bytes": self.held_state_bytes(), "state_budget_bytes": self.s.worker_state_bytes,
             "store_bytes": self.store_bytes(),
             "max_crop_pixels": self.max_crop_pixels, "max_objects": self.s.max_objects,
-            "threads": self.threads,
+            "threads": self.threads, "exact": bool(getattr(self.model, "exact", False)),
         }
 
     async def _heartbeat_once(self) -> bool:

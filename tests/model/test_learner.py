@@ -125,3 +125,18 @@ def test_filter_gradient_equals_the_convolution_backward() -> None:
                 got = grad(grad_out * scale)
                 assert got.shape == ref.shape
                 assert torch.allclose(got, ref * scale, rtol=1e-4, atol=1e-4 * ref.abs().max().item())
+
+
+def test_exact_steps_equal_autograd_bit_for_bit() -> None:
+    """Exact mode runs the operators autograd runs, in its order: every iterate equals the autograd
+    Gauss-Newton steps bit for bit (the fast steps only to rounding), and it returns no scores to carry."""
+    for case, feat, label, weight, tau0 in _problems(torch.Generator().manual_seed(7)):
+        sd = _learner(0.05, torch.float32)
+        sd.exact = True
+        with torch.no_grad():
+            exact, exact_its, _ = sd(tau0, feat, label, weight, num_iter=4)
+            ref, ref_its, _ = sd(tau0, feat, label, weight, num_iter=4, compute_losses=True)
+        for a, b in zip(exact_its, ref_its, strict=True):
+            assert torch.equal(a, b), (case, (a - b).abs().max())
+        tau, scores = sd.descend(tau0, feat, label, weight, 2, scores=apply_filter(feat, tau0) + 1.0)
+        assert scores is None and torch.equal(tau, sd.descend(tau0, feat, label, weight, 2)[0]), case
