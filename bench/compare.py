@@ -36,10 +36,10 @@ CHILD = """
 import json, sys, time
 import numpy as np
 import torch
-torch.set_num_threads({threads})
 from model.api import load_model
 {clip_source}
 {model_source}
+torch.set_num_threads({threads})  # after loading: load_model sets the calling thread's count itself
 frames, mask = clip({frames}, (480, 854))
 tr = m.new_tracker({crop})
 start = time.perf_counter()

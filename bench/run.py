@@ -19,6 +19,7 @@ from model.api import BUNDLED_WEIGHTS, Model, load_model, resolve_device
 from model.config import NetConfig, TrackerParams
 from model.fuse import fuse_batchnorm
 from model.network import build_network
+from model.threads import set_cpu_threads
 
 
 def official_random(device: torch.device) -> Model:
@@ -48,22 +49,45 @@ def clip(n: int, hw: tuple[int, int]) -> tuple[list[np.ndarray], np.ndarray]:
 FULL_MEMORY = 33  # frames after which the 32-sample memory is full: the steady-state cost
 
 
-def time_tracker(model: Model, crop: tuple[int, int], frames: list[np.ndarray], mask: np.ndarray) -> dict:
-    """Median time per frame once the memory is full, and the floor: the bare backbone on one crop."""
+def reference_net() -> torch.nn.Module:
+    """The fixed yardstick: torchvision's MobileNetV3-Large (random weights, eval mode). Its forward on the
+    same frame, timed alternately with the tracker's frames in the same process, cancels the machine's
+    drift (2-4x here between runs): frame time / reference time is comparable across runs and machines."""
+    from torchvision.models import mobilenet_v3_large
+
+    torch.manual_seed(0)
+    return mobilenet_v3_large().eval()
+
+
+def time_tracker(model: Model, crop: tuple[int, int], frames: list[np.ndarray], mask: np.ndarray,
+                 ref: torch.nn.Module) -> dict:
+    """Median time per frame once the memory is full, the reference network's forward on the same frame
+    timed right after each of those frames, and the floor: the bare backbone on one crop."""
     tr = model.new_tracker(crop)
     t0 = time.perf_counter()
     tr.step(frames[0], mask=mask)
     init_s = time.perf_counter() - t0
-    times = []
-    for f in frames[1:]:
+    times, ref_times = [], []
+    for i, f in enumerate(frames[1:], start=1):
         t = time.perf_counter()
         tr.step(f)
         times.append(time.perf_counter() - t)
+        if i > FULL_MEMORY:
+            ref_times.append(_forward_s(ref, f))
     steady = times[FULL_MEMORY:] or times
-    med = float(np.median(steady))
+    med, ref_med = float(np.median(steady)), float(np.median(ref_times or [_forward_s(ref, frames[0])]))
     return {"init_s": round(init_s, 3), "median_frame_s": round(med, 4), "fps": round(1 / med, 2),
+            "reference_s": round(ref_med, 4), "frame_vs_reference": round(med / ref_med, 3),
             "floor_fps": round(1 / backbone_floor(model, crop), 2),
             "state_mb": round(len(tr.export_state()) / 2**20, 1)}
+
+
+def _forward_s(net: torch.nn.Module, frame: np.ndarray) -> float:
+    x = torch.from_numpy(frame).permute(2, 0, 1).unsqueeze(0).float() / 255
+    with torch.inference_mode():
+        t = time.perf_counter()
+        net(x)
+        return time.perf_counter() - t
 
 
 def backbone_floor(model: Model, crop: tuple[int, int], reps: int = 7) -> float:
@@ -84,12 +108,14 @@ def backbone_floor(model: Model, crop: tuple[int, int], reps: int = 7) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--frames", type=int, default=48, help="at least 34: the memory fills after 33 frames")
-    ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    ap.add_argument("--threads", type=int, default=0,
+                    help="torch CPU threads (default: as the library chooses, the cores this process may use)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--out", default="bench/results.json")
     args = ap.parse_args()
     dev = resolve_device(args.device)
-    torch.set_num_threads(args.threads)
+    set_cpu_threads(args.threads)
+    ref = reference_net()
     previous = {}
     if Path(args.out).is_file():  # the last run's figures, to report each configuration against
         old = json.loads(Path(args.out).read_text())
@@ -97,21 +123,23 @@ def main() -> None:
     frames, mask = clip(args.frames, (480, 854))
     runs = []
     if BUNDLED_WEIGHTS.is_file():
-        m = load_model(None, str(dev))
+        m = load_model(None, str(dev), threads=None)
         runs.append(("bundled compact", m, m.default_crop_size))
     off = official_random(dev)
     runs += [("official ResNet-50", off, (240, 416)), ("official ResNet-50", off, (480, 832))]
     results = []
     for name, model, crop in runs:
-        r = time_tracker(model, crop, frames, mask)
+        r = time_tracker(model, crop, frames, mask, ref)
         r.update(model=name, crop=f"{crop[0]}x{crop[1]}", previous_fps=previous.get((name, f"{crop[0]}x{crop[1]}")))
         results.append(r)
         before = f"was {r['previous_fps']:.2f}" if r["previous_fps"] else "no previous run"
         print(f"{name:22s} crop {r['crop']:8s} init {r['init_s']:6.2f} s   {r['median_frame_s']:.3f} s/frame "
-              f"({r['fps']:.2f} fps, {before}; backbone alone {r['floor_fps']:.2f} fps)   state {r['state_mb']} MB")
+              f"({r['fps']:.2f} fps, {before}; {r['frame_vs_reference']:.2f}x the reference network's forward; "
+              f"backbone alone {r['floor_fps']:.2f} fps)   state {r['state_mb']} MB")
     meta = {"device": str(dev), "threads": torch.get_num_threads(), "torch": torch.__version__,
             "cpu": platform.processor() or platform.machine(), "frame": "854x480", "objects": 1,
-            "frames": args.frames, "timed": f"median of frames {FULL_MEMORY + 1}..{args.frames - 1} (memory full)"}
+            "frames": args.frames, "timed": f"median of frames {FULL_MEMORY + 1}..{args.frames - 1} (memory full)",
+            "reference": "torchvision mobilenet_v3_large forward on the 854x480 frame, timed after each frame"}
     Path(args.out).write_text(json.dumps({"meta": meta, "results": results}, indent=1))
     import matplotlib
 

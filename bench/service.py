@@ -161,8 +161,10 @@ class Service:
         self.procs.append((role, p, log))
 
     def start(self) -> None:
-        """Model processes get the bench's thread count, the api one thread (it runs no model)."""
-        model_env = {"LWL_TORCH_THREADS": str(self.threads), "OMP_NUM_THREADS": str(self.threads)}
+        """Model processes run with the service's default thread count, as a user who sets nothing gets it,
+        unless the bench was given --threads; the api gets one thread (it runs no model)."""
+        model_env = {"LWL_TORCH_THREADS": str(self.threads), "OMP_NUM_THREADS": str(self.threads)} if self.threads \
+            else {}
         base = {"LWL_HOST": "127.0.0.1", "LWL_PORT": str(self.port)}
         if self.kind == "serve":
             self._start("serve", {**base, **model_env, "LWL_REDIS_URL": ""})
@@ -324,6 +326,10 @@ async def run_paired(svc: Service, first: bytes, mask: bytes, frames: list[bytes
     if after:
         out.update(redis_per_frame(before, after, len(frames)))
     out["step_p50_ms"] = round(float(np.median(steps)) * 1000, 2)
+    # the worker's model time against the same frame stepped here: both with default threads unless the
+    # bench was given --threads, so a service that steps on fewer threads than the library shows here
+    out["compute_p50_ms"] = round(float(np.median(s.compute_ms)), 2)
+    out["compute_vs_step"] = round(float(np.median(np.asarray(s.compute_ms) / (1000 * np.asarray(steps)))), 3)
     out.update(p50_p95("over_step_ms", 1000 * (np.asarray(s.latencies) - np.asarray(steps))))
     out.update(p50_p95("beyond_compute_ms", beyond_compute_ms([s])))
     return out
@@ -416,13 +422,15 @@ def bench_service(svc: Service, args: argparse.Namespace, first: bytes, mask: by
     one = asyncio.run(run_paired(svc, first, mask, clip[: args.paired_frames], local))
     res["inflight1"] = one
     res["overhead_ms"] = one["p50_over_step_ms"]
+    res["compute_vs_in_process"] = one["compute_vs_step"]
     # the same frame's latency minus the model time the worker reports with it: what the service adds
     # around its model step (the overhead above also counts a slower step inside the service)
     res["overhead_vs_worker_compute_ms"] = {"p50": one["p50_beyond_compute_ms"], "p95": one["p95_beyond_compute_ms"]}
     line = (f"{svc.kind}: 1 session, max_inflight=1: p50 {one['p50_ms']:.1f} ms against {one['step_p50_ms']:.1f} ms "
             f"in-process, frame by frame -> overhead p50 {res['overhead_ms']:.1f} ms (p95 "
             f"{one['p95_over_step_ms']:.1f}); {one['p50_beyond_compute_ms']:.1f} ms (p95 "
-            f"{one['p95_beyond_compute_ms']:.1f}) over the worker's own compute")
+            f"{one['p95_beyond_compute_ms']:.1f}) over the worker's own compute; the worker's compute_ms p50 "
+            f"{one['compute_p50_ms']:.1f} ms, {one['compute_vs_step']:.2f}x the in-process step of the same frame")
     if "redis_commands_per_frame" in one:
         res["redis_commands_per_frame"] = one["redis_commands_per_frame"]
         line += f", {one['redis_commands_per_frame']:.1f} Redis commands/frame"
@@ -484,8 +492,8 @@ def load_in_process(weights: str | None, device: str, threads: int, first: np.nd
 
     from model.api import load_model
 
-    torch.set_num_threads(threads)
-    local = InProcess(load_model(weights, device), first, mask, frames, threads, run_frames or len(frames))
+    local = InProcess(load_model(weights, device, threads=threads), first, mask, frames, torch.get_num_threads(),
+                      run_frames or len(frames))
     warm = local.tracker()
     for k in range(min(3, len(frames))):
         local.step(warm, k)
@@ -609,8 +617,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--weights", help="weights file (default: the bundled model)")
     ap.add_argument("--tiny", action="store_true", help="a tiny random model (model.testing), for a smoke run")
     ap.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
-    ap.add_argument("--threads", type=int, default=available_cpus(), help="torch threads of the worker and "
-                    "of the in-process run (default: the cores this process may use)")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads of the worker and of the in-process "
+                    "run (default: not set, so the service and the library choose, as for a user)")
     ap.add_argument("--redis-url", default=os.environ.get("LWL_REDIS_URL") or "redis://127.0.0.1:6379/0")
     ap.add_argument("--no-redis", action="store_true", help="skip lwl api + lwl worker + Redis")
     ap.add_argument("--out", default="bench/service-results.json")
@@ -621,7 +629,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench.service: no Redis answers at {args.redis_url} (start one, e.g. bash .ci/ensure-redis.sh, "
               "or pass --redis-url, or --no-redis to skip lwl api + worker)", file=sys.stderr)
         return 2
-    os.environ["OMP_NUM_THREADS"] = str(args.threads)
+    if args.threads:
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)
+    else:  # what a user who sets nothing gets: no thread setting reaches the service or the library
+        for name in ("OMP_NUM_THREADS", "LWL_TORCH_THREADS", "MKL_NUM_THREADS"):
+            os.environ.pop(name, None)
     # SIGTERM (make interrupted, a CI timeout) unwinds like Ctrl-C, so the `finally`s stop the lwl processes
     signal.signal(signal.SIGTERM, _terminate)
     out = Path(args.out)
@@ -644,7 +656,7 @@ def main(argv: list[str] | None = None) -> int:
         first, png = jpegs[0], mask_png(mask)
         load, git_before = os.getloadavg(), _git_state()
         say(f"{len(args.sessions)} session counts {args.sessions}, {args.frames} frames each, device {device}, "
-            f"{args.threads} threads, load average {load[0]:.2f}")
+            f"threads {args.threads or 'not set (the defaults)'}, load average {load[0]:.2f}")
 
         results: dict[str, Any] = {}
         local = load_in_process(weights, device, args.threads, decoded[0], mask, decoded[1:], args.frames)
@@ -672,6 +684,7 @@ def main(argv: list[str] | None = None) -> int:
                 res = bench_service(svc, args, first, png, jpegs[1:], local)
                 res["model"] = info["models"][0]["name"] if info.get("models") else ""
                 res["crop"] = info["models"][0].get("crop_size", "") if info.get("models") else ""
+                res["threads"] = info["models"][0].get("threads") if info.get("models") else None
                 if svc.redis_url:
                     res["key_prefix"] = prefix  # removed from Redis below; the test checks that
                 results[kind] = res
@@ -688,7 +701,8 @@ def main(argv: list[str] | None = None) -> int:
     results["meta"] = {
         "command": " ".join(["python -m bench.service", *(sys.argv[1:] if argv is None else argv)]),
         "model": model_name, "weights": "bundled" if not weights else ("tiny" if args.tiny else weights),
-        "crop": ip["crop"], "device": ip["device"], "threads": args.threads, "cores": available_cpus(),
+        "crop": ip["crop"], "device": ip["device"], "threads": ip["threads"],
+        "threads_setting": args.threads or "default", "cores": available_cpus(),
         "torch": _torch_version(), "cpu": platform.processor() or platform.machine(),
         "frame": f"{FRAME_HW[1]}x{FRAME_HW[0]}", "objects": 2, "frames_per_session": args.frames,
         "paired_frames": args.paired_frames,

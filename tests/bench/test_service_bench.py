@@ -106,7 +106,9 @@ def test_smoke_run_writes_every_figure(tmp_path: Path) -> None:
         assert ratio["sessions"] == 2 and ratio["ratio"] == pytest.approx(
             ratio["concurrent_fps"] / ratio["sequential_fps"], rel=0.01)
         assert len(ratio["pairs"]) == 2 and ratio["ratio"] in [p["ratio"] for p in ratio["pairs"]]
-        assert c["model"] == "tiny" and c["crop"] == "64x112"
+        assert c["model"] == "tiny" and c["crop"] == "64x112" and c["threads"] == 1, name
+        # the worker's model time against the same frame stepped in the bench's process, frame by frame
+        assert one["compute_p50_ms"] > 0 and c["compute_vs_in_process"] == one["compute_vs_step"] > 0, name
     aw = res["api_worker"]
     assert aw["redis_commands_per_frame"] > 0 and all(x["redis_commands_per_frame"] > 0 for x in aw["runs"])
     assert "redis_commands_per_frame" not in res["serve"]["runs"][0]
