@@ -19,14 +19,15 @@ from model.config import NetConfig, TrackerParams, parse_size
 from model.errors import InputError
 from model.fuse import fuse_batchnorm
 from model.network import LWLNet
+from model.profiles import DEFAULT_PROFILE, PROFILES, get_profile
 from model.threads import set_cpu_threads
 from model.tracker import FrameResult, ObjectResult, Tracker, step_many
 from model.video import Annotation, SegmentedFrame, segment_video
 
-BUNDLED_WEIGHTS = Path(__file__).resolve().parent / "weights" / "default.safetensors"
+BUNDLED_WEIGHTS = get_profile(None).weights  # the default profile's weights
 
 __all__ = ["FrameResult", "Model", "ObjectResult", "Tracker", "load_model", "resolve_device", "parse_size",
-           "step_many", "BUNDLED_WEIGHTS"]
+           "step_many", "BUNDLED_WEIGHTS", "DEFAULT_PROFILE", "PROFILES"]
 
 
 def resolve_device(device: str | None) -> torch.device:
@@ -54,6 +55,7 @@ class Model:
     params: TrackerParams
     device: torch.device
     name: str
+    profile: str | None = None  # the bundled profile this is, None for a weights file given by path
 
     @property
     def default_crop_size(self) -> tuple[int, int]:
@@ -115,8 +117,9 @@ def exact_from_env() -> bool:
 
 
 def load_model(weights: str | Path | None = None, device: str | None = None, preset: str | None = None,
-               exact: bool | None = None, threads: int | None = 0) -> Model:
-    """Load official `.pth` or our `.safetensors` weights (None: the bundled default model).
+               exact: bool | None = None, threads: int | None = 0, profile: str | None = None) -> Model:
+    """Load official `.pth` or our `.safetensors` weights, or (weights None) a bundled profile: `profile`
+    "fast" (the default) or "accurate" (model/profiles.py).
 
     `exact` (None: LWL_EXACT): the reference's operators in the reference's order, for masks equal to the
     authors' tracker bit for bit (LWLNet.set_exact); otherwise BatchNorms are folded and the fast kernels
@@ -126,9 +129,12 @@ def load_model(weights: str | Path | None = None, device: str | None = None, pre
     if threads is not None:
         set_cpu_threads(threads)
     exact = exact_from_env() if exact is None else exact
-    path = Path(weights) if weights else BUNDLED_WEIGHTS
-    if weights is None and not path.is_file():
-        raise InputError(f"the bundled default model is missing ({path}); pass weights explicitly")
+    if weights and profile:
+        raise InputError("a profile names a bundled model: give either weights or a profile, not both")
+    prof = None if weights else get_profile(profile)
+    path = Path(weights) if weights else prof.weights
+    if prof is not None and not path.is_file():
+        raise InputError(f"the bundled {prof.name} model is missing ({path}); pass weights explicitly")
     w = read_weights(path)
     dev = resolve_device(device)
     net = build_from_weights(w).to(dev)
@@ -142,5 +148,6 @@ def load_model(weights: str | Path | None = None, device: str | None = None, pre
     else:
         fuse_batchnorm(net)  # inference only: a Model is never trained (the trainer builds its own net)
     params = TrackerParams.preset(preset or w.tracker_preset)
-    name = "default" if weights is None else path.stem
-    return Model(net, w.config, params, dev, name)
+    if prof is not None:
+        params = params.with_(**prof.params)
+    return Model(net, w.config, params, dev, prof.name if prof else path.stem, prof.name if prof else None)

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from model.errors import InputError
+from model.profiles import DEFAULT_PROFILE, PROFILES
 from model.video import Annotation
 
 
@@ -117,7 +118,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
     src = FrameSource(args.source)
     _check_names(anns, src.names)
     crop = parse_size(args.size) if args.size else None
-    model = load_model(args.weights, args.device, args.params, exact=args.exact or None, threads=args.threads)
+    model = load_model(args.weights, args.device, args.params, exact=args.exact or None, threads=args.threads,
+                       profile=args.profile)
     out = OutputFolder(args.out)
     overlay_path = Path(args.overlay) if args.overlay else None
     overlay = None
@@ -174,7 +176,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--box", action="append", help="x,y,w,h on the first frame; repeat for objects 1, 2, ...")
     p.add_argument("--corrections", action="store_true",
                    help="annotations of already-tracked ids on later frames are used as user corrections")
-    p.add_argument("--weights", help="official .pth or lwl-vos .safetensors (default: the bundled model)")
+    p.add_argument("--weights", help="official .pth or lwl-vos .safetensors (default: the bundled model of "
+                                     "--profile)")
+    p.add_argument("--profile", choices=list(PROFILES),
+                   help=f"bundled model: {'; '.join(f'{k}: {v.summary}' for k, v in PROFILES.items())} "
+                        f"(default: {DEFAULT_PROFILE}; not with --weights)")
     p.add_argument("--size", help="crop HxW fed to the network (default: the model's, 480x832 for official weights)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     p.add_argument("--params", choices=["lwl_ytvos", "lwl_boxinit"],

@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from model.profiles import DEFAULT_PROFILE, PROFILES
+
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = subparsers.add_parser("eval", help="evaluate a model: DAVIS J&F, or a YouTube-VOS export",
@@ -15,7 +17,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                                           "mean J, F, J&F (DAVIS 2017 definitions).")
     p.add_argument("--data", required=True, help="DAVIS layout or YouTube-VOS valid folder")
     p.add_argument("--out", required=True, help="results folder (zip path with --youtubevos)")
-    p.add_argument("--weights", default=None, help="weights file (default: the bundled model)")
+    p.add_argument("--weights", default=None, help="weights file (default: the bundled model of --profile)")
+    p.add_argument("--profile", choices=list(PROFILES), default=None,
+                   help=f"bundled model (default: {DEFAULT_PROFILE}); not with --weights")
+    p.add_argument("--exact", action="store_true", help="exact mode (the reference's operators in its order)")
     p.add_argument("--sequences", nargs="*", default=None, help="only these sequences")
     p.add_argument("--max-frames", type=int, default=None, help="only the first N frames of each sequence")
     p.add_argument("--crop", type=int, nargs=2, default=None, metavar=("H", "W"), help="tracker crop size")
@@ -37,7 +42,8 @@ def run(args: argparse.Namespace) -> int:
     from model.eval.runner import CopyFirstModel
 
     crop = tuple(args.crop) if args.crop else None
-    model = CopyFirstModel() if args.baseline == "copy-first" else load_model(args.weights, args.device)
+    model = CopyFirstModel() if args.baseline == "copy-first" else \
+        load_model(args.weights, args.device, profile=args.profile, exact=args.exact or None)
     if args.youtubevos:
         from model.eval.ytvos import export_youtubevos
 

@@ -23,8 +23,6 @@ from model.eval.metrics import ObjectScore, Summary, evaluate_sequence, summaris
 from model.media import read_image, read_label_png, write_label_png
 from model.video import Annotation, segment_video
 
-DEFAULT_WEIGHTS = Path(__file__).resolve().parents[1] / "weights" / "default.safetensors"
-
 
 def write_png(path: Path, labels: np.ndarray) -> None:
     """The label map as `lwl segment` writes it (model.media), its folder created."""

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from model.api import PROFILES, load_model
 from model.eval.runner import (
-    DEFAULT_WEIGHTS,
     CopyFirstModel,
     evaluate_davis,
     format_table,
@@ -101,14 +101,18 @@ def test_cli_parser_registers_eval() -> None:
     assert args.baseline == "copy-first" and callable(args.func)
 
 
-@pytest.mark.skipif(not DEFAULT_WEIGHTS.exists(), reason="bundled weights model/weights/default.safetensors "
-                                                          "not trained yet (make train-default)")
-def test_bundled_weights_beat_copy_first_on_generated_video() -> None:
-    from model.api import load_model
+def _bundled(profile: str):  # noqa: ANN202 - a model.api.Model
+    if not PROFILES[profile].weights.is_file():
+        pytest.skip(f"the bundled {profile} model is not in this checkout (make train-default)")
+    return load_model(profile=profile, device="cpu", threads=None)
+
+
+@pytest.mark.parametrize("profile", list(PROFILES))
+def test_bundled_weights_beat_copy_first_on_generated_video(profile: str) -> None:
     from model.eval.metrics import db_eval_iou
     from model.train.synthetic import SyntheticVideo
 
-    model = load_model(None, "cpu")
+    model = _bundled(profile)
     wins = 0
     for seed in range(2):
         rng = np.random.default_rng(100 + seed)
@@ -139,16 +143,14 @@ def test_box_start_gives_tight_boxes_and_the_box_rectangle_baseline() -> None:
     assert ap.parse_args(["eval", "--data", "d", "--out", "o", "--init", "box"]).init == "box"
 
 
-@pytest.mark.skipif(not DEFAULT_WEIGHTS.exists(), reason="bundled weights model/weights/default.safetensors "
-                                                          "not trained yet (make train-default)")
-def test_bundled_weights_from_a_box_beat_the_box_rectangle() -> None:
+@pytest.mark.parametrize("profile", list(PROFILES))
+def test_bundled_weights_from_a_box_beat_the_box_rectangle(profile: str) -> None:
     """`lwl eval --init box`: the bundled model started from each object's tight box tracks it better than
     repeating the filled box on every frame (the objects are not rectangles and they move)."""
-    from model.api import load_model
     from model.eval.metrics import db_eval_iou
     from model.train.synthetic import SyntheticVideo
 
-    model = load_model(None, "cpu")
+    model = _bundled(profile)
     gains = []
     for seed in range(2):
         rng = np.random.default_rng(100 + seed)

