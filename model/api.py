@@ -139,7 +139,7 @@ def load_model(weights: str | Path | None = None, device: str | None = None, pre
     dev = resolve_device(device)
     net = build_from_weights(w).to(dev)
     if w.meta.get("ablation"):  # an ablation checkpoint needs its module swap, or untrained parts would run
-        from model.train.ablation import apply_ablation
+        from model.ablation import apply_ablation
 
         apply_ablation(net, w.meta["ablation"])
     net.eval()
@@ -151,3 +151,36 @@ def load_model(weights: str | Path | None = None, device: str | None = None, pre
     if prof is not None:
         params = params.with_(**prof.params)
     return Model(net, w.config, params, dev, prof.name if prof else path.stem, prof.name if prof else None)
+
+
+# ============================================================================ the service's door
+# Everything service/ uses of the model, in one block (issue 23): service/ imports `model.api` (this
+# module), `model.errors` and, in processes that must not load torch (the api, the SDK), `model.lite`,
+# the torch-free half re-exported here. Nothing in service/ imports another module of model/.
+
+from model.lite import (  # noqa: E402 - the torch-free half of the contract (model.lite)
+    DAVIS_PALETTE,
+    PNG_RLE,
+    RESULT_FORMATS,
+    FrameSource,
+    ResultFormat,
+    clip_box,
+    encode_label_png,
+    job_outputs,
+    mask_ids,
+    object_ids,
+    palette,
+    probe_video,
+    read_image,
+    read_label_png,
+    register_cli,
+    rle_decode,
+    rle_encode,
+    write_label_png,
+)
+from model.threads import resolve_threads  # noqa: E402 (set_cpu_threads: imported above)
+
+__all__ += ["Annotation", "DAVIS_PALETTE", "PNG_RLE", "RESULT_FORMATS", "FrameSource", "ResultFormat",
+            "SegmentedFrame", "clip_box", "encode_label_png", "job_outputs", "mask_ids", "object_ids", "palette",
+            "probe_video", "read_image", "read_label_png", "register_cli", "resolve_threads", "rle_decode",
+            "rle_encode", "segment_video", "set_cpu_threads", "write_label_png"]

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import os
-import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -76,33 +74,6 @@ def _check_names(anns: dict[int | str, Annotation], names: list[str] | None) -> 
                          f"{', '.join((names or ['00000', '00001'])[:2])}, ...)")
 
 
-class OutputFolder:
-    """Masks are written to a hidden sibling folder and moved into place only when the run succeeds, so
-    a failed or interrupted run leaves nothing half-written behind."""
-
-    def __init__(self, out: str | Path) -> None:
-        self.out = Path(out)
-        self.tmp = self.out.parent / f".{self.out.name}.partial-{os.getpid()}"
-        try:
-            if self.out.exists() and not self.out.is_dir():
-                raise InputError(f"--out {self.out} exists and is not a folder")
-            self.tmp.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise InputError(f"cannot write to {self.out}: {exc.strerror or exc}") from None
-
-    def commit(self) -> int:
-        """Move every written file into --out; returns how many."""
-        self.out.mkdir(parents=True, exist_ok=True)
-        files = sorted(self.tmp.iterdir())
-        for f in files:
-            os.replace(f, self.out / f.name)
-        self.tmp.rmdir()
-        return len(files)
-
-    def discard(self) -> None:
-        shutil.rmtree(self.tmp, ignore_errors=True)
-
-
 @user_errors
 def cmd_segment(args: argparse.Namespace) -> int:
     """`lwl segment SOURCE --out DIR`: offline segmentation of a folder of frames or a video."""
@@ -110,8 +81,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
 
     from model.api import load_model
     from model.config import parse_size
-    from model.media import FrameSource, write_label_png
-    from model.overlay import OverlayWriter
+    from model.media import FrameSource
+    from model.outputs import LabelFolder, Outputs, OutputWriter, OverlayVideo
     from model.video import segment_video
 
     anns = _annotations(args)
@@ -120,35 +91,20 @@ def cmd_segment(args: argparse.Namespace) -> int:
     crop = parse_size(args.size) if args.size else None
     model = load_model(args.weights, args.device, args.params, exact=args.exact or None, threads=args.threads,
                        profile=args.profile)
-    out = OutputFolder(args.out)
-    overlay_path = Path(args.overlay) if args.overlay else None
-    overlay = None
-    try:
-        if overlay_path is not None:
-            try:
-                overlay = OverlayWriter(overlay_path.with_name(overlay_path.name + ".partial"), fps=src.fps)
-            except OSError as exc:
-                raise InputError(f"cannot write the overlay {overlay_path}: {exc.strerror or exc}") from None
-        with tqdm(total=len(src) or None, desc="segment", unit="frame", disable=args.quiet) as bar:
-            for f in segment_video(model, src, anns, crop_size=crop, corrections=args.corrections,
-                                   on_progress=lambda n: bar.update(n - bar.n)):
-                write_label_png(out.tmp / f"{f.name}.png", f.labels)
-                if overlay is not None:
-                    overlay.write(f.image, f.labels, {k: o.box for k, o in f.objects.items()})
-        if overlay is not None:
-            overlay.close()
-            os.replace(overlay.path, overlay_path)
-            overlay = None
-        n = out.commit()
-    except BaseException:
-        out.discard()
-        if overlay is not None:
-            overlay.close()
-            overlay.path.unlink(missing_ok=True)
-        raise
+    folder = LabelFolder(args.out)
+    writers: list[OutputWriter] = [folder]
+    if args.overlay:
+        try:
+            writers.append(OverlayVideo(args.overlay, fps=src.fps))
+        except BaseException:
+            folder.discard()
+            raise
+    with tqdm(total=len(src) or None, desc="segment", unit="frame", disable=args.quiet) as bar:
+        Outputs(writers).write_all(segment_video(model, src, anns, crop_size=crop, corrections=args.corrections,
+                                                 on_progress=lambda n: bar.update(n - bar.n)))
     if not args.quiet:
-        extra = f" and the overlay {overlay_path}" if overlay_path else ""
-        print(f"wrote {n} masks to {out.out}{extra}", file=sys.stderr)
+        extra = f" and the overlay {args.overlay}" if args.overlay else ""
+        print(f"wrote {folder.count} masks to {folder.out}{extra}", file=sys.stderr)
     return 0
 
 

@@ -99,7 +99,7 @@ def step_many(items: list[tuple[Tracker, np.ndarray]], max_batch: int = 0,
     up to float summation order. Objects cannot start here: frames with new objects go to `step`."""
     ims = []
     for tr, frame in items:
-        tr._check_frame(frame)
+        tr.check_frame(frame)
         if not tr.targets:
             raise InputError("the first frame needs a mask or boxes for at least one object")
         ims.append(_to_tensor(frame))
@@ -140,12 +140,16 @@ class Tracker:
         return list(self.targets)
 
     # -- input checks -------------------------------------------------------------------------------
-    def _check_frame(self, frame: np.ndarray) -> None:
+    def check_frame(self, frame: np.ndarray) -> None:
+        """Raise InputError unless `frame` is an RGB uint8 (H, W, 3) array of this video's size. `step` and
+        `step_many` check every frame with it before any tracker changes, so a refused frame changes nothing."""
         if not isinstance(frame, np.ndarray) or frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
             raise InputError("frame must be an RGB uint8 array of shape (H, W, 3)")
         if self.frame_hw is not None and frame.shape[:2] != self.frame_hw:
             raise InputError(f"frame size {frame.shape[1]}x{frame.shape[0]} differs from the video's "
                              f"{self.frame_hw[1]}x{self.frame_hw[0]}")
+
+    _check_frame = check_frame  # the old private name, until service/worker.py calls the public one
 
     def _new_objects(self, mask: np.ndarray | None, boxes: dict[int, tuple] | None,
                      hw: tuple[int, int]) -> list[tuple[int, np.ndarray | None, tuple]]:
@@ -177,7 +181,7 @@ class Tracker:
     def step(self, frame: np.ndarray, mask: np.ndarray | None = None,
              boxes: dict[int, tuple[float, float, float, float]] | None = None) -> FrameResult:
         """Segment the next frame; objects in `mask`/`boxes` that are not tracked yet start here."""
-        self._check_frame(frame)
+        self.check_frame(frame)
         hw = (int(frame.shape[0]), int(frame.shape[1]))
         new = self._new_objects(mask, boxes, hw)
         if not self.targets and not new:

@@ -133,7 +133,7 @@ def _common(p: argparse.ArgumentParser, server: bool = True) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `lwl`."""
-    from model import cli as model_cli
+    from model.lite import register_cli
 
     parser = argparse.ArgumentParser(prog="lwl", description="LWL video object segmentation")
     parser.add_argument("--version", action="version", version=f"lwl-vos {__version__}")
@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     for flag in ("--weights", "--device", "--crop-size"):
         p.add_argument(flag)
     p.set_defaults(func=cmd_serve)
-    model_cli.register(sub)
+    register_cli(sub)
     args = parser.parse_args(argv)
     rc = args.func(args)
     return int(rc or 0)

@@ -52,7 +52,7 @@ def _bytes(x: ImageLike, label: bool = False) -> bytes:
     buf = io.BytesIO()
     arr = np.asarray(x, dtype=np.uint8)
     if label:
-        from model.media import DAVIS_PALETTE  # numpy + Pillow only
+        from model.lite import DAVIS_PALETTE  # numpy + Pillow only
 
         im = Image.fromarray(arr, mode="P")
         im.putpalette(DAVIS_PALETTE.reshape(-1).tolist())

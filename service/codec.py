@@ -16,8 +16,7 @@ from typing import Any, BinaryIO
 import numpy as np
 from PIL import Image
 
-from model.media import PNG_RLE
-from model.rle import rle_decode, rle_encode  # noqa: F401  (re-exported: part of the wire format)
+from model.lite import PNG_RLE, rle_decode, rle_encode  # noqa: F401  (rle_*: re-exported, part of the wire format)
 
 
 def pack(header: dict[str, Any], *blobs: bytes) -> tuple[bytes, bytes]:

@@ -100,9 +100,9 @@ class Settings(BaseSettings):
 
 
 def parse_crop(text: str | None) -> tuple[int, int] | None:
-    """Parse "240x432" into (240, 432) (model.config.parse_size); "" or None -> None (the model's default).
+    """Parse "240x432" into (240, 432) (model.lite.parse_size); "" or None -> None (the model's default).
     Raises ValueError with a readable message."""
-    from model.config import parse_size  # torch-free
+    from model.lite import parse_size  # torch-free
 
     return parse_size(text) if text else None
 
