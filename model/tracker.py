@@ -149,8 +149,6 @@ class Tracker:
             raise InputError(f"frame size {frame.shape[1]}x{frame.shape[0]} differs from the video's "
                              f"{self.frame_hw[1]}x{self.frame_hw[0]}")
 
-    _check_frame = check_frame  # the old private name, until service/worker.py calls the public one
-
     def _new_objects(self, mask: np.ndarray | None, boxes: dict[int, tuple] | None,
                      hw: tuple[int, int]) -> list[tuple[int, np.ndarray | None, tuple]]:
         new: list[tuple[int, np.ndarray | None, tuple]] = []

@@ -82,7 +82,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
         print("lwl worker: LWL_REDIS_URL (or --redis-url) is required", file=sys.stderr)
         return 2
     from service.backends import RedisBackend
-    from service.worker import Worker, serve_worker_http
+    from service.worker import Worker
+    from service.worker_http import serve_worker_http
 
     model = _load_model(s, "worker")
     if model is None:
