@@ -21,7 +21,7 @@ import numpy as np
 
 from model.api import object_ids, read_label_png
 from service import obs
-from service.backends import Answer, Commit, id_order
+from service.backends import STORE_ERRORS, Answer, Commit, id_order
 from service.codec import frame_bytes, pack, parse_frame_bytes, unpack
 from service.compute import OpError, decode_frame, encode_message, result_of, timed_model
 from service.settings import parse_crop
@@ -238,6 +238,29 @@ class SessionOps:
             if seq > published or h.get("req"):
                 answers.append(self.answer(out, sid, seq, h.get("req"), h.get("id")))
         return answers, replayed
+
+    async def hand_over_all(self) -> int:
+        """Drain: give each held session to the live worker with the most room (hand_over); returns how
+        many moved. Its frames stream after the snapshot is the replay log, so frames sent meanwhile are
+        answered there. With no other worker (or the store down) sessions stay here and stop() snapshots
+        them; the api moves them once this worker has left the registry."""
+        w = self.w
+        if not w.sessions:
+            return 0
+        try:
+            live = [x for x in await w.b.live_workers() if x.get("id") != w.id and not x.get("draining")]
+        except STORE_ERRORS:
+            return 0
+        since, n = f"{time.time():.3f}", 0
+        for sid in list(w.sessions) if live else []:
+            target = max(live, key=lambda x: int(x.get("free", 0)))
+            try:
+                if await self.hand_over(sid, target["id"], since):
+                    target["free"] = int(target.get("free", 0)) - 1
+                    n += 1
+            except STORE_ERRORS:
+                continue  # stop() snapshots it if the store comes back in time
+        return n
 
     async def hand_over(self, sid: str, target: str, since: str) -> bool:
         """Drain: snapshot a held session and name `target` in it in the same fenced write (not retried: a

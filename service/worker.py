@@ -131,35 +131,13 @@ class Worker:
                 self.work_task.cancel()
             with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError, Exception):
                 await asyncio.wait_for(asyncio.shield(self.work_task), self.s.drain_timeout_s)
-        handed = await self._hand_over()
+        handed = await self.ops.hand_over_all()
         deadline = time.monotonic() + self.s.drain_timeout_s
         while self.jobs.running and time.monotonic() < deadline:
             await asyncio.sleep(0.2)
         await self.stop()
         log.info("drained", extra={"worker_id": self.id, "handed_over": handed,
                                    "seconds": round(time.monotonic() - t0, 3)})
-
-    async def _hand_over(self) -> int:
-        """Give each held session to the live worker with the most room (SessionOps.hand_over): its frames
-        stream after the snapshot is the replay log, so frames sent meanwhile are answered there. With no
-        other worker (or the store down) sessions stay here and stop() snapshots them; the api moves them
-        once this worker has left the registry."""
-        if not self.sessions:
-            return 0
-        try:
-            live = [w for w in await self.b.live_workers() if w.get("id") != self.id and not w.get("draining")]
-        except STORE_ERRORS:
-            return 0
-        since, n = f"{time.time():.3f}", 0
-        for sid in list(self.sessions) if live else []:
-            target = max(live, key=lambda w: int(w.get("free", 0)))
-            try:
-                if await self.ops.hand_over(sid, target["id"], since):
-                    target["free"] = int(target.get("free", 0)) - 1
-                    n += 1
-            except STORE_ERRORS:
-                continue  # stop() snapshots it if the store comes back in time
-        return n
 
     async def stop(self) -> None:
         """Finish the op at hand, snapshot held sessions (so another worker can resume them) and stop."""
