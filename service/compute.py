@@ -17,17 +17,10 @@ from model.errors import InputError
 from service import obs
 from service.backends import STORE_ERRORS
 from service.codec import b64, binary_png, rle_encode
+from service.errors import ServiceError
 
 log = logging.getLogger("lwl.worker")
 T = TypeVar("T")
-
-
-class OpError(Exception):
-    """An op that fails with an HTTP-like status (404 unknown session, 503 full, ...)."""
-
-    def __init__(self, status: int, code: str, detail: str) -> None:
-        super().__init__(detail)
-        self.status, self.code, self.detail = status, code, detail
 
 
 def decode_frame(image: bytes, max_pixels: int) -> np.ndarray:
@@ -37,9 +30,9 @@ def decode_frame(image: bytes, max_pixels: int) -> np.ndarray:
     try:
         frame = read_image(image)
     except InputError as e:
-        raise OpError(400, "bad_image", str(e)) from None
+        raise ServiceError(400, "bad_image", str(e)) from None
     if frame.shape[0] * frame.shape[1] > max_pixels:
-        raise OpError(413, "frame_too_large", f"frame has {frame.shape[1]}x{frame.shape[0]} pixels, "
+        raise ServiceError(413, "frame_too_large", f"frame has {frame.shape[1]}x{frame.shape[0]} pixels, "
                       f"more than LWL_MAX_FRAME_PIXELS={max_pixels}")
     obs.LATENCY.labels("decode").observe(time.perf_counter() - t)
     return frame
@@ -94,7 +87,7 @@ def result_of(call: Callable[[], Any], fmt: str) -> dict[str, Any]:
 
 def error_message(e: BaseException, sid: str, op: str) -> dict[str, Any]:
     """An op's or frame's failure as the error message a client gets (and the metric it counts in)."""
-    if isinstance(e, OpError):
+    if isinstance(e, ServiceError):
         out = {"type": "error", "status": e.status, "code": e.code, "detail": e.detail}
     elif isinstance(e, MemoryError) or "out of memory" in str(e).lower() or "can't allocate" in str(e):
         log.error("op ran out of memory", exc_info=e, extra={"session_id": sid, "op": op})

@@ -129,6 +129,16 @@ class Limits(BaseModel):
     session_ttl_s: float
 
 
+class ResultFormatInfo(BaseModel):
+    """A result format of video jobs (model.outputs.RESULT_FORMATS): GET /v1/jobs/{id}/result?format=name."""
+
+    name: str = Field(description="the `format` of the result download")
+    file: str = Field(description="its file name (the download is named <job id>-<file>)")
+    media_type: str
+    label: str = Field(description="a short name for a link or a menu")
+    description: str
+
+
 class ServiceInfo(BaseModel):
     """What a client (the web page) needs before it starts: models, limits, colours."""
 
@@ -139,3 +149,5 @@ class ServiceInfo(BaseModel):
                                      "of every label PNG)")
     api_key_required: bool = Field(False, description="calls under /v1 need an X-API-Key header "
                                    "(LWL_API_KEYS is set)")
+    result_formats: list[ResultFormatInfo] = Field(default_factory=list, description="what a done video job "
+                                                   "offers for download, in this order")

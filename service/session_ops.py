@@ -22,8 +22,10 @@ import numpy as np
 from model.api import object_ids, read_label_png
 from service import obs
 from service.backends import STORE_ERRORS, Answer, Commit, id_order
+from service.checks import check_count
 from service.codec import frame_bytes, pack, parse_frame_bytes, unpack
-from service.compute import OpError, decode_frame, encode_message, result_of, timed_model
+from service.compute import decode_frame, encode_message, result_of, timed_model
+from service.errors import ServiceError
 from service.settings import parse_crop
 
 if TYPE_CHECKING:
@@ -196,7 +198,7 @@ class SessionOps:
         meta = await self.w.b.get_session(sid)
         snap = await self.w.b.get_snapshot(sid)
         if meta is None or snap is None:
-            raise OpError(404, "unknown_session", f"unknown session {sid} (deleted or expired)")
+            raise ServiceError(404, "unknown_session", f"unknown session {sid} (deleted or expired)")
         return await self._restore(sid, snap, meta)
 
     async def _restore(self, sid: str, snap: bytes, meta: dict[str, str]) -> HeldSession:
@@ -213,7 +215,7 @@ class SessionOps:
         commit = self.commit(sid, hs, answers, state="active", **({"moved_since": ""} if moved else {}))
         if not await self.w.retry("restore", lambda: self.w.b.commit(commit)):
             self.lost(sid)
-            raise OpError(503, "worker_lost", f"session {sid} moved to another worker or expired; retry")
+            raise ServiceError(503, "worker_lost", f"session {sid} moved to another worker or expired; retry")
         if moved:  # wall clocks of two hosts: clamped, NTP keeps them close
             obs.FAILOVER.labels(meta.get("moved_cause") or "worker_died").observe(max(0.0, time.time() - moved))
         log.info("session restored", extra={"session_id": sid, "worker_id": self.w.id, "replayed": replayed,
@@ -285,9 +287,9 @@ class SessionOps:
         try:
             crop = parse_crop(text) or self.w.s.crop_tuple()
         except ValueError as e:
-            raise OpError(400, "bad_crop_size", str(e)) from None
+            raise ServiceError(400, "bad_crop_size", str(e)) from None
         if crop is not None and crop[0] * crop[1] > self.max_crop_pixels:
-            raise OpError(400, "crop_too_large", f"crop {crop[0]}x{crop[1]} has more than "
+            raise ServiceError(400, "crop_too_large", f"crop {crop[0]}x{crop[1]} has more than "
                           f"{self.max_crop_pixels} pixels (LWL_MAX_CROP_PIXELS)")
         return crop
 
@@ -296,12 +298,6 @@ class SessionOps:
         """LWL_MAX_CROP_PIXELS, or by default 4x the model's own crop area."""
         default = getattr(self.w.model, "default_crop_size", (480, 832))
         return self.w.s.max_crop_pixels or 4 * default[0] * default[1]
-
-    def check_objects(self, n_objects: int, what: str = "a session holds") -> None:
-        """LWL_MAX_OBJECTS, the one object limit of sessions and jobs (the api checks it first)."""
-        if n_objects > self.w.s.max_objects:
-            raise OpError(400, "too_many_objects", f"{n_objects} objects: {what} at most "
-                          f"LWL_MAX_OBJECTS={self.w.s.max_objects}")
 
     def _state_bytes(self, frame_hw: tuple[int, int], n_objects: int, crop: tuple[int, int] | None) -> int:
         """What a session of this size holds once its few-shot memory is full (the model's own bound)."""
@@ -325,14 +321,14 @@ class SessionOps:
         LWL_MAX_SESSION_STATE_MB and this worker within LWL_WORKER_STATE_MB (else 503: the api tries another
         worker, then answers no_capacity with Retry-After)."""
         s = self.w.s
-        self.check_objects(n_objects)
+        check_count(n_objects, s.max_objects)
         need = self._state_bytes(frame_hw, n_objects, crop)
         if need > s.max_session_state_bytes:
-            raise OpError(413, "session_too_large", f"{n_objects} objects on {frame_hw[1]}x{frame_hw[0]} frames "
+            raise ServiceError(413, "session_too_large", f"{n_objects} objects on {frame_hw[1]}x{frame_hw[0]} frames "
                           f"need {need / 2**20:.0f} MB of tracker memory, more than "
                           f"LWL_MAX_SESSION_STATE_MB={s.max_session_state_mb:g}")
         if need + self.held_state_bytes(skip=sid) > s.worker_state_bytes:
-            raise OpError(503, "worker_full", f"worker {self.w.id} has no room for {need / 2**20:.0f} MB more "
+            raise ServiceError(503, "worker_full", f"worker {self.w.id} has no room for {need / 2**20:.0f} MB more "
                           "tracker memory")
 
     # ------------------------------------------------------------------ ops
@@ -340,9 +336,9 @@ class SessionOps:
         """A new session: the first frame stepped with its objects, snapshotted at once."""
         sid, w = h["sid"], self.w
         if w.draining or len(w.sessions) >= w.s.max_sessions_per_worker:
-            raise OpError(503, "worker_full", f"worker {w.id} has no free session slot")
+            raise ServiceError(503, "worker_full", f"worker {w.id} has no free session slot")
         if h.get("model") and h["model"] != w.model.name:
-            raise OpError(400, "unknown_model", f"model {h['model']!r} is not served here "
+            raise ServiceError(400, "unknown_model", f"model {h['model']!r} is not served here "
                           f"(this worker serves {w.model.name!r})")
         crop = self.crop(h.get("crop_size"))
         fmt = h.get("fmt", "png")

@@ -20,7 +20,8 @@ from model.errors import InputError
 from service import jobs as jobfiles
 from service import obs
 from service.backends import STORE_ERRORS
-from service.compute import OpError
+from service.checks import check_count
+from service.errors import ServiceError
 
 if TYPE_CHECKING:
     from service.worker import Worker
@@ -140,8 +141,8 @@ class JobRunner:
         boxes = {int(k): tuple(v) for k, v in json.loads(rec.get("boxes") or "{}").items()} or None
         try:  # the same limits as a session, before any model work
             crop = self.w.ops.crop(rec.get("crop_size"))
-            self.w.ops.check_objects(len(object_ids(mask, boxes)), what="a job tracks")
-        except OpError as e:
+            check_count(len(object_ids(mask, boxes)), self.w.s.max_objects, what="a job tracks")
+        except ServiceError as e:
             raise InputError(e.detail) from None
         outputs = job_outputs(d, {"job_id": jid, "fps": rec.get("fps")})
         frames = segment_video(self.w.model, FrameSource(d / rec["input"]), {init: Annotation(mask, boxes)},

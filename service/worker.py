@@ -30,7 +30,7 @@ from model.api import load_model, resolve_threads, set_cpu_threads, step_many
 from service import obs
 from service.backends import STORE_ERRORS, Backend, Input, id_order
 from service.codec import unpack
-from service.compute import OpError, decode_frame, encode_message, error_message, timed_model
+from service.compute import decode_frame, encode_message, error_message, timed_model
 from service.lanes import LaneScheduler, Queued
 from service.session_ops import Done, HeldSession, SessionOps
 from service.settings import Settings
@@ -431,4 +431,4 @@ class Worker:
     _encode = staticmethod(encode_message)  # FrameResult -> result message with the step's torch threads
 
 
-__all__ = ["HeldSession", "OpError", "Worker"]
+__all__ = ["HeldSession", "Worker"]
