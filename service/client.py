@@ -299,6 +299,11 @@ class _Outbox:
         return self.backoff
 
 
+def _formats(info: dict[str, Any]) -> dict[str, dict[str, str]]:
+    """GET /v1/info's result formats by name, in the order it lists them."""
+    return {f["name"]: f for f in info.get("result_formats", [])}
+
+
 def _job_finished(st: dict[str, Any], job_id: str, end: float, timeout: float) -> bool:
     """One poll of a job, shared by the sync and async clients: True when done, raises when the job
     failed (LWLError) or the deadline `end` (time.monotonic) has passed (TimeoutError)."""
@@ -371,6 +376,14 @@ class Client:
             time.sleep(0.2)
         raise TimeoutError(f"{self.base_url} not ready after {timeout} s")
 
+    def info(self) -> dict[str, Any]:
+        """GET /v1/info: the models live workers serve, the limits, the palette and the result formats."""
+        return _check(self.request("GET", "/v1/info"))
+
+    def result_formats(self) -> dict[str, dict[str, str]]:
+        """What a done job offers for `download`: format name -> file, media type, label, description."""
+        return _formats(self.info())
+
     def create_session(self, image: ImageLike, mask: ImageLike | None = None, boxes: dict | None = None,
                        crop_size: str | None = None, model: str | None = None,
                        format: str = "png") -> Session:  # noqa: A002
@@ -410,9 +423,10 @@ class Client:
                     return st
                 time.sleep(poll_s)
 
-    def download(self, job_id: str, dest: str | Path, format: str = "png") -> Path:  # noqa: A002
-        """Save a job result: png (zip of PNGs), rle (JSON) or mp4 (overlay)."""
+    def download(self, job_id: str, dest: str | Path, format: str | None = None) -> Path:  # noqa: A002
+        """Save a job result in one of `result_formats()` (None: the first, the zip of PNGs)."""
         dest = Path(dest)
+        format = format or next(iter(self.result_formats()))  # noqa: A001
         policy = _Retry(self.retries, self.max_retry_wait_s)
         while True:
             with self.http.stream("GET", f"/v1/jobs/{job_id}/result", params={"format": format},
@@ -523,6 +537,14 @@ class AsyncClient:
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
+    async def info(self) -> dict[str, Any]:
+        """GET /v1/info: the models live workers serve, the limits, the palette and the result formats."""
+        return _check(await self.request("GET", "/v1/info"))
+
+    async def result_formats(self) -> dict[str, dict[str, str]]:
+        """What a done job offers for `download`: format name -> file, media type, label, description."""
+        return _formats(await self.info())
+
     async def create_session(self, image: ImageLike, mask: ImageLike | None = None, boxes: dict | None = None,
                              crop_size: str | None = None, model: str | None = None,
                              format: str = "png") -> AsyncSession:  # noqa: A002
@@ -554,9 +576,10 @@ class AsyncClient:
                 return st
             await asyncio.sleep(poll_s)
 
-    async def download(self, job_id: str, dest: str | Path, format: str = "png") -> Path:  # noqa: A002
-        """Save a job result: png (zip of PNGs), rle (JSON) or mp4 (overlay)."""
+    async def download(self, job_id: str, dest: str | Path, format: str | None = None) -> Path:  # noqa: A002
+        """Save a job result in one of `result_formats()` (None: the first, the zip of PNGs)."""
         dest = Path(dest)
+        format = format or next(iter(await self.result_formats()))  # noqa: A001
         policy = _Retry(self.retries, self.max_retry_wait_s)
         while True:
             async with self.http.stream("GET", f"/v1/jobs/{job_id}/result", params={"format": format},

@@ -8,6 +8,12 @@ export class JobPanel {
   constructor(onError) {
     this.onError = onError;
     this.busy = false;
+    this.labels = {}; // result format -> link text, from GET /v1/info
+  }
+
+  /** The result formats GET /v1/info lists (`result_formats`): their labels name the download links. */
+  setFormats(formats) {
+    this.labels = Object.fromEntries((formats || []).map((f) => [f.name, f.label]));
   }
 
   show(visible) { $("job").hidden = !visible; }
@@ -62,13 +68,12 @@ export class JobPanel {
   /** Download links: a link cannot send a header, so the job token goes in the URL (`?token=`, which
    * the service accepts for result downloads without an API key); the page shows no such URL as text. */
   _links(results, token) {
-    const names = { png: "PNG masks (zip)", rle: "COCO RLE (json)", mp4: "overlay video (mp4)" };
     const links = Object.entries(results).map(([fmt, url]) => {
       const a = document.createElement("a");
       const u = new URL(url, location.href);
       if (token) u.searchParams.set("token", token);
       a.href = u.pathname + u.search; // same origin as the page, whatever host the api saw
-      a.textContent = names[fmt] || fmt;
+      a.textContent = this.labels[fmt] || fmt;
       a.download = "";
       a.dataset.format = fmt;
       return a;

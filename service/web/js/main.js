@@ -654,6 +654,7 @@ async function loadInfo() {
     return false;
   }
   setPalette(S.info.palette);
+  jobs.setFormats(S.info.result_formats);
   $("key-form").hidden = !S.info.api_key_required;
   if (S.info.api_key_required && !api.apiKey()) {
     showMessage("this service needs an API key: enter it in the key field at the top", "info");
