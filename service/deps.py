@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import Depends, Header, Query, Request
+from fastapi import Depends, Form, Header, Query, Request
 from starlette.requests import HTTPConnection
 
 from service import access
@@ -113,3 +113,4 @@ def credential(authorization: str | None = Header(None, include_in_schema=True),
 
 Svc = Annotated[Service, Depends(get_service)]
 Token = Annotated[str | None, Depends(credential)]
+BoxesForm = Annotated[str | None, Form(description='JSON {"1": [x, y, w, h]}')]  # objects by box, as created

@@ -20,7 +20,7 @@ from fastapi.responses import FileResponse, Response
 from model.lite import RESULT_FORMATS
 from service import jobs as jobfiles
 from service.checks import boxes_header, check_crop, check_objects, parse_boxes, probe_upload, read_upload, token_digest
-from service.deps import Service, Svc, Token
+from service.deps import BoxesForm, Service, Svc, Token
 from service.errors import ERRORS, ServiceError
 from service.schemas import ErrorBody, JobCreated, JobStatus
 
@@ -69,7 +69,7 @@ async def create_job(
     svc: Svc,
     video: Annotated[UploadFile, File(description="video file (any container/codec FFmpeg decodes)")],
     mask: Annotated[UploadFile | None, File(description="indexed PNG for init_frame")] = None,
-    boxes: Annotated[str | None, Form(description='JSON {"1": [x, y, w, h]}')] = None,
+    boxes: BoxesForm = None,
     init_frame: Annotated[int, Form(ge=0, description="frame the mask/boxes belong to")] = 0,
     crop_size: Annotated[str | None, Form()] = None,
 ) -> dict[str, Any]:

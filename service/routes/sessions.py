@@ -27,7 +27,7 @@ from service.checks import (
     session_hw,
     token_digest,
 )
-from service.deps import Svc, Token
+from service.deps import BoxesForm, Svc, Token
 from service.errors import ERRORS, ServiceError
 from service.schemas import FrameResultOut, SessionCreated, SessionInfo
 from service.stream import StreamHandler
@@ -42,7 +42,7 @@ async def create_session(
     svc: Svc,
     image: Annotated[UploadFile, File(description="initial frame, JPEG or PNG")],
     mask: Annotated[UploadFile | None, File(description="indexed PNG label map (0 = background)")] = None,
-    boxes: Annotated[str | None, Form(description='JSON {"1": [x, y, w, h]}')] = None,
+    boxes: BoxesForm = None,
     crop_size: Annotated[str | None, Form(description="e.g. 240x432; default: model's")] = None,
     model: Annotated[str | None, Form(description="model name (must match a worker's model)")] = None,
     format: Annotated[str, Form(description="mask format of results: png or rle")] = "png",  # noqa: A002
