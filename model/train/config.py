@@ -70,7 +70,7 @@ class TrainConfig:
 
     def net_config(self) -> NetConfig:
         d = dict(self.net)
-        d.pop("ablation", None)  # not an architecture field (see model.train.ablation)
+        d.pop("ablation", None)  # not an architecture field (see model.ablation)
         preset = d.pop("preset", None)
         base = {"compact": NetConfig.compact, "official_stage2": NetConfig.official_stage2,
                 "official_boxinit": NetConfig.official_boxinit}
