@@ -458,17 +458,7 @@ class Trainer:
         while self.phase_idx < len(cfg.phases) and not stop and not stop_request:
             ph = cfg.phases[self.phase_idx]
             sampler, proc = self._phase_objects(ph)
-            self._set_mode(ph)
-            self.optimizer = torch.optim.Adam(param_groups(self.net, ph.lr), betas=(0.9, 0.999), eps=1e-8)
-            if self._resume_opt_state is not None:
-                try:
-                    self.optimizer.load_state_dict(self._resume_opt_state)
-                except (ValueError, KeyError) as exc:
-                    self.log(f"optimizer state not restored ({exc}); starting Adam afresh")
-                self._resume_opt_state = None
-            n_trainable = sum(p.numel() for g in self.optimizer.param_groups for p in g["params"])
-            self.log(f"phase {ph.name} ({ph.mode}): {ph.steps} steps, batch {ph.batch_size}, "
-                     f"{n_trainable / 1e6:.2f}M trainable parameters")
+            self._start_phase(ph)
             win_loss: list[float] = []
             win_iou: list[float] = []
             t_win = time.time()
@@ -489,15 +479,7 @@ class Trainer:
                 if self.adaptive_threads and self.global_step % 20 == 0:
                     adapt_threads(busy_self=torch.get_num_threads())
                 if self.phase_step % cfg.log_every == 0 or self.phase_step == ph.steps:
-                    dt = time.time() - t_win
-                    rec = {"type": "train", "step": self.global_step, "phase": ph.name,
-                           "phase_step": self.phase_step, "loss": float(np.mean(win_loss)),
-                           "iou": float(np.mean(win_iou)), "lr_factor": self._lr_factor(ph),
-                           "max_gap": sampler.max_gap,
-                           "seq_per_s": len(win_loss) * ph.batch_size / max(dt, 1e-9),
-                           "data_s": round(t_data, 3), "threads": torch.get_num_threads(),
-                           "hours": round(self.elapsed / 3600, 4)}
-                    self._write_metrics(rec)
+                    self._log_window(ph, sampler.max_gap, win_loss, win_iou, time.time() - t_win, t_data)
                     win_loss, win_iou, t_win = [], [], time.time()
                 now = time.time()
                 if now - last_val > cfg.val_minutes * 60:
@@ -517,17 +499,50 @@ class Trainer:
                     stop = True
                     break
             if self.phase_step >= ph.steps:
-                rec = self.validate(ph, full=True)
-                if rec:
-                    self.log(f"phase {ph.name} done: " + ", ".join(
-                        f"{k} {v:.3f}" for k, v in rec.items() if isinstance(v, float)))
-                self.export(self.out / f"{ph.name}.safetensors", ph.name)
-                self.phase_idx += 1
-                self.phase_step = 0
-                self._save_checkpoint(None, None)
+                self._end_phase(ph)
             else:
                 self._save_checkpoint(sampler, proc)
         bar.close()
+        return self._finish(export_path)
+
+    def _start_phase(self, ph: PhaseConfig) -> None:
+        """A phase's optimizer (the saved Adam state when resuming inside it), and a log line."""
+        self._set_mode(ph)
+        self.optimizer = torch.optim.Adam(param_groups(self.net, ph.lr), betas=(0.9, 0.999), eps=1e-8)
+        if self._resume_opt_state is not None:
+            try:
+                self.optimizer.load_state_dict(self._resume_opt_state)
+            except (ValueError, KeyError) as exc:
+                self.log(f"optimizer state not restored ({exc}); starting Adam afresh")
+            self._resume_opt_state = None
+        n_trainable = sum(p.numel() for g in self.optimizer.param_groups for p in g["params"])
+        self.log(f"phase {ph.name} ({ph.mode}): {ph.steps} steps, batch {ph.batch_size}, "
+                 f"{n_trainable / 1e6:.2f}M trainable parameters")
+
+    def _log_window(self, ph: PhaseConfig, max_gap: int, win_loss: list[float], win_iou: list[float], dt: float,
+                    t_data: float) -> None:
+        """One `train` record of metrics.jsonl: the means of the steps since the last one."""
+        self._write_metrics({"type": "train", "step": self.global_step, "phase": ph.name,
+                             "phase_step": self.phase_step, "loss": float(np.mean(win_loss)),
+                             "iou": float(np.mean(win_iou)), "lr_factor": self._lr_factor(ph), "max_gap": max_gap,
+                             "seq_per_s": len(win_loss) * ph.batch_size / max(dt, 1e-9),
+                             "data_s": round(t_data, 3), "threads": torch.get_num_threads(),
+                             "hours": round(self.elapsed / 3600, 4)})
+
+    def _end_phase(self, ph: PhaseConfig) -> None:
+        """A finished phase: validated, exported as <phase>.safetensors, the next one checkpointed."""
+        rec = self.validate(ph, full=True)
+        if rec:
+            self.log(f"phase {ph.name} done: " + ", ".join(
+                f"{k} {v:.3f}" for k, v in rec.items() if isinstance(v, float)))
+        self.export(self.out / f"{ph.name}.safetensors", ph.name)
+        self.phase_idx += 1
+        self.phase_step = 0
+        self._save_checkpoint(None, None)
+
+    def _finish(self, export_path: Path) -> Path:
+        """The weights so far as model.safetensors (and `export_to` once every phase is done), the plot."""
+        cfg = self.cfg
         last_phase = cfg.phases[min(self.phase_idx, len(cfg.phases)) - 1].name if self.phase_idx else ""
         path = self.export(self.out / "model.safetensors", last_phase)
         if self.phase_idx >= len(cfg.phases) and cfg.export_to:
