@@ -125,20 +125,21 @@ class SessionOps:
         sid, req = h.get("sid", ""), h.get("req")
         answer = self.answer(out, sid, h.get("seq"), req)
         if commit is None:
-            await self.w.retry("reply", lambda: self.w.b.deliver(sid, [answer]))
+            await self.w.health.retry("reply", lambda: self.w.b.deliver(sid, [answer]))
             return
         commit.answers.append(answer)
-        if not await self.w.retry("reply", lambda: self.w.b.commit(commit)):
+        if not await self.w.health.retry("reply", lambda: self.w.b.commit(commit)):
             self.lost(sid)
             err = {"type": "error", "status": 503, "code": "worker_lost",
                    "detail": f"session {sid} moved to another worker or expired; retry"}
-            await self.w.retry("reply", lambda: self.w.b.deliver(sid, [self.answer(err, sid, h.get("seq"), req)]))
+            lost = self.answer(err, sid, h.get("seq"), req)
+            await self.w.health.retry("reply", lambda: self.w.b.deliver(sid, [lost]))
 
     async def publish_frame(self, sid: str, hs: HeldSession, answer: Answer) -> None:
         """The frame's one write: result (or reply) and session touch (retried while the store is down: a
         retry that writes the result twice is harmless, the relay forwards a seq once)."""
         commit = self.commit(sid, hs, [answer])
-        if not await self.w.retry("result", lambda: self.w.b.commit(commit)):
+        if not await self.w.health.retry("result", lambda: self.w.b.commit(commit)):
             self.lost(sid)
 
     def lost(self, sid: str) -> None:
@@ -154,7 +155,7 @@ class SessionOps:
         await self.w.b.delete_session(sid)
         await self.w.b.drop_results(sid)
         log.info("session ended", extra={"session_id": sid, "worker_id": self.w.id, "reason": reason})
-        await self.w.heartbeat()
+        await self.w.health.heartbeat()
 
     # ------------------------------------------------------------------ snapshots
     async def snapshot_if_due(self, sid: str, hs: HeldSession) -> None:
@@ -173,7 +174,7 @@ class SessionOps:
 
     async def _write_snapshot(self, sid: str, commit: Commit) -> None:
         try:
-            if not await self.w.retry("snapshot", lambda: self.w.b.commit(commit)):
+            if not await self.w.health.retry("snapshot", lambda: self.w.b.commit(commit)):
                 self.lost(sid)
         except asyncio.CancelledError:
             raise
@@ -187,7 +188,7 @@ class SessionOps:
         await hs.settled()
         snap = await self.w.run(hs.take_snapshot)
         commit = self.commit(sid, hs, [], snap)
-        await self.w.retry("snapshot", lambda: self.w.b.commit(commit))
+        await self.w.health.retry("snapshot", lambda: self.w.b.commit(commit))
 
     async def held(self, sid: str) -> HeldSession:
         """The session's tracker, restoring it from snapshot + replay when this worker does not hold it."""
@@ -213,14 +214,14 @@ class SessionOps:
         self.w.sessions[sid] = hs
         moved = float(meta.get("moved_since") or 0)
         commit = self.commit(sid, hs, answers, state="active", **({"moved_since": ""} if moved else {}))
-        if not await self.w.retry("restore", lambda: self.w.b.commit(commit)):
+        if not await self.w.health.retry("restore", lambda: self.w.b.commit(commit)):
             self.lost(sid)
             raise ServiceError(503, "worker_lost", f"session {sid} moved to another worker or expired; retry")
         if moved:  # wall clocks of two hosts: clamped, NTP keeps them close
             obs.FAILOVER.labels(meta.get("moved_cause") or "worker_died").observe(max(0.0, time.time() - moved))
         log.info("session restored", extra={"session_id": sid, "worker_id": self.w.id, "replayed": replayed,
                                             "failover_s": round(time.time() - moved, 3) if moved else None})
-        await self.w.heartbeat()
+        await self.w.health.heartbeat()
         return hs
 
     async def _replay(self, sid: str, hs: HeldSession) -> tuple[list[Answer], int]:
@@ -356,7 +357,7 @@ class SessionOps:
         hs, out, snap = await w.run(create)
         w.sessions[sid] = hs
         log.info("session created", extra={"session_id": sid, "worker_id": w.id})
-        await w.heartbeat()
+        await w.health.heartbeat()
         return out, self.commit(sid, hs, [], snap, worker=w.id, state="active")
 
     async def _control(self, h: dict[str, Any], call: Callable[[Any], dict[str, Any]]) -> Done:

@@ -59,7 +59,7 @@ class JobRunner:
             finally:
                 self.running -= 1
             with contextlib.suppress(*STORE_ERRORS):  # raises only when stopping: then it is taken over
-                await self.w.retry("job", lambda e=entry: self.w.b.ack_job(e))
+                await self.w.health.retry("job", lambda e=entry: self.w.b.ack_job(e))
 
     async def _run_surviving(self, jid: str) -> None:
         """run(); the store failing under it (Redis restarting) runs it again once the store answers (a job
@@ -72,7 +72,7 @@ class JobRunner:
             except STORE_ERRORS:
                 if self.w.stopping:
                     return
-                await self.w.store_failed("job")
+                await self.w.health.store_failed("job")
                 await asyncio.sleep(1.0)
             except Exception:  # noqa: BLE001
                 log.exception("job loop error", extra={"job_id": jid, "worker_id": self.w.id})

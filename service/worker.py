@@ -20,7 +20,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -35,6 +35,7 @@ from service.lanes import LaneScheduler, Queued
 from service.session_ops import Done, HeldSession, SessionOps
 from service.settings import Settings
 from service.video_jobs import JobRunner
+from service.worker_health import WorkerHealth
 
 log = logging.getLogger("lwl.worker")
 T = TypeVar("T")
@@ -59,13 +60,13 @@ class Worker:
         self.scheduler = self._scheduler("cpu")
         self.ops = SessionOps(self)
         self.jobs = JobRunner(self)
+        self.health = WorkerHealth(self)
         self.draining = False
         self.stopping = False
         self.stopped = asyncio.Event()
         self.tasks: list[asyncio.Task] = []
         self.work_task: asyncio.Task | None = None
         self.receiving = False  # the work loop waits in its blocking read (safe to cancel there)
-        self.store_down_since: float | None = None  # monotonic time of the first failure of an outage
         self.last_id = "0"
         self.started = time.time()
         self.device = "cpu"
@@ -85,11 +86,11 @@ class Worker:
         if self.scheduler.cpu:
             log.info("cpu lanes", extra={"worker_id": self.id, "lanes": self.lane_count})
             self.lanes = ThreadPoolExecutor(self.lane_count, thread_name_prefix="lwl-lane")
-        await self.retry("start", lambda: self.b.drop_work(self.id))  # waits for the store if it is down
-        await self.heartbeat()
+        await self.health.retry("start", lambda: self.b.drop_work(self.id))  # waits for the store if it is down
+        await self.health.heartbeat()
         self.work_task = asyncio.create_task(self._work_loop())
         self.tasks.append(self.work_task)
-        for coro in (self._heartbeat_loop(), self._evict_loop(), self.jobs.loop()):
+        for coro in (self.health.heartbeat_loop(), self.health.evict_loop(), self.jobs.loop()):
             self.tasks.append(asyncio.create_task(coro))
         log.info("worker started", extra={"worker_id": self.id, "device": self.device,
                                           "model": self.model.name, "threads": self.threads})
@@ -99,7 +100,7 @@ class Worker:
         "Sizing"); on a GPU the batch is the way to fill the device: one lane, no lane threads."""
         return LaneScheduler(self.sessions, self.s.cpu_lanes or self.threads, device.startswith("cpu"),
                              self.threads, self.s.max_batch, lambda: self.stopping or self.draining,
-                             self.store_failed)
+                             lambda what: self.health.store_failed(what))
 
     def _torch_threads(self) -> None:
         """Executor thread start: the resolved thread count for the torch work of this thread. Set in the
@@ -125,7 +126,7 @@ class Worker:
         await self.scheduler.wake()  # lanes take no new frames; the steps in progress finish
         t0 = time.monotonic()
         log.info("draining", extra={"worker_id": self.id, "sessions": len(self.sessions)})
-        await self.heartbeat()
+        await self.health.heartbeat()
         if self.work_task is not None:
             if self.receiving:  # waiting for input, nothing half done: no need to wait for the read
                 self.work_task.cancel()
@@ -165,7 +166,7 @@ class Worker:
         self.stopped.set()
         log.info("worker stopped", extra={"worker_id": self.id})
 
-    # ------------------------------------------------------------------ heartbeat, store outages, eviction
+    # ------------------------------------------------------------------ what the heartbeat says
     def info(self) -> dict[str, Any]:
         """What the api needs to place sessions: capacity, memory, model, draining."""
         n = len(self.sessions)
@@ -182,83 +183,6 @@ class Worker:
             "max_crop_pixels": self.ops.max_crop_pixels, "max_objects": self.s.max_objects,
             "threads": self.threads, "exact": bool(getattr(self.model, "exact", False)),
         }
-
-    async def heartbeat(self) -> bool:
-        """One beat; it also puts the worker back in the registry after the store lost its data.
-        False when the store is down (never raises for that: callers go on)."""
-        info = self.info()
-        obs.ACTIVE_SESSIONS.set(info["sessions"])
-        obs.DEVICE_MEMORY.set(info["memory_bytes"])
-        obs.STATE_BYTES.set(info["state_bytes"])
-        for scope in ("total", "max_session"):
-            obs.STORE_BYTES.labels(scope).set(info["store_bytes"][scope])
-        try:
-            await self.b.heartbeat(self.id, info, ttl_s=3 * self.s.heartbeat_s)
-        except STORE_ERRORS:
-            await self.store_failed("heartbeat")
-            return False
-        return True
-
-    async def _heartbeat_loop(self) -> None:
-        while True:
-            try:
-                outage = self.store_down_since is not None
-                if await self.heartbeat() and outage:
-                    await self._store_back()
-            except Exception:  # noqa: BLE001 - the heartbeat never stops
-                obs.ERRORS.labels("heartbeat").inc()
-                log.exception("heartbeat failed", extra={"worker_id": self.id})
-            await asyncio.sleep(self.s.heartbeat_s)
-
-    async def store_failed(self, what: str) -> None:
-        """Count a store failure, drop idle connections (dead after a Redis restart); log the first
-        failure of an outage only (the loops retry quietly)."""
-        obs.ERRORS.labels("store_down").inc()
-        await self.b.reset_idle()
-        if self.store_down_since is None:
-            self.store_down_since = time.monotonic()
-            log.warning("store unavailable, retrying", extra={"worker_id": self.id, "during": what})
-
-    async def _store_back(self) -> None:
-        """After an outage the store may have restarted empty: sessions it lost (or that name another
-        worker now) are dropped, so their slots are free again and nothing reads their streams."""
-        down = time.monotonic() - (self.store_down_since or time.monotonic())
-        lost = 0
-        for sid in list(self.sessions):
-            meta = await self.b.get_session(sid)
-            if meta is None or meta.get("worker") != self.id:
-                self.ops.lost(sid)
-                lost += 1
-        self.store_down_since = None
-        log.warning("store back", extra={"worker_id": self.id, "down_s": round(down, 1), "sessions_lost": lost,
-                                         "sessions": len(self.sessions)})
-        if lost:
-            await self.heartbeat()
-
-    async def retry(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
-        """A store call the worker must not skip (a result, a snapshot, a job's state): retried with
-        backoff while the store is down or restarting, so no answer is lost. Raises once stopping."""
-        delay = 0.1
-        while True:
-            try:
-                return await call()
-            except STORE_ERRORS:
-                if self.stopping:
-                    raise
-                await self.store_failed(what)
-                await asyncio.sleep(delay)
-                delay = min(2.0, delay * 2)
-
-    async def _evict_loop(self) -> None:
-        while True:
-            await asyncio.sleep(min(1.0, self.s.session_ttl_s / 4))
-            now = time.monotonic()
-            for sid, hs in list(self.sessions.items()):
-                if now - hs.last_active > self.s.session_ttl_s:
-                    try:
-                        await self.ops.forget(sid, reason="ttl")
-                    except STORE_ERRORS:  # the tracker is gone; its keys expire on their own
-                        await self.store_failed("evict")
 
     # ------------------------------------------------------------------ work loop
     async def _work_loop(self) -> None:
@@ -279,7 +203,7 @@ class Worker:
                 except asyncio.CancelledError:
                     raise
                 except STORE_ERRORS:
-                    await self.store_failed("work")
+                    await self.health.store_failed("work")
                     await asyncio.sleep(0.5)
                 except Exception:  # noqa: BLE001 - one bad read or op must not end the loop
                     obs.ERRORS.labels("worker").inc()
