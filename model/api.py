@@ -27,7 +27,7 @@ from model.video import Annotation, SegmentedFrame, segment_video
 BUNDLED_WEIGHTS = get_profile(None).weights  # the default profile's weights
 
 __all__ = ["FrameResult", "Model", "ObjectResult", "Tracker", "load_model", "resolve_device", "parse_size",
-           "step_many", "BUNDLED_WEIGHTS", "DEFAULT_PROFILE", "PROFILES"]
+           "step_many", "BUNDLED_WEIGHTS", "DEFAULT_PROFILE", "PROFILES", "load_models"]
 
 
 def resolve_device(device: str | None) -> torch.device:
@@ -151,6 +151,17 @@ def load_model(weights: str | Path | None = None, device: str | None = None, pre
     if prof is not None:
         params = params.with_(**prof.params)
     return Model(net, w.config, params, dev, prof.name if prof else path.stem, prof.name if prof else None)
+
+
+def load_models(weights: str | Path | None = None, device: str | None = None, exact: bool | None = None,
+                threads: int | None = 0) -> dict[str, Model]:
+    """What a service serves, by name, the default first: the one model of `weights`, or (None) every
+    bundled profile whose weights are present, so a session or a job can ask for either by name."""
+    if weights:
+        m = load_model(weights, device, exact=exact, threads=threads)
+        return {m.name: m}
+    names = [DEFAULT_PROFILE] + [p for p in PROFILES if p != DEFAULT_PROFILE and PROFILES[p].weights.is_file()]
+    return {p: load_model(device=device, exact=exact, threads=threads, profile=p) for p in names}
 
 
 # ============================================================================ the service's door

@@ -205,3 +205,12 @@ def probe_upload(path: Path) -> tuple[int, tuple[int, int], float]:
     except InputError as exc:
         raise ServiceError(400, "bad_video", jobfiles.scrub_paths(str(exc), path)) from None
     return info.frames or 0, (info.height, info.width), info.fps
+
+
+def model_name(profile: str | None, model: str | None) -> str | None:
+    """The model a request asks for: `profile` (a bundled model's name: fast or accurate) or `model` (any
+    served model's name); both may be given only when they agree."""
+    if profile and model and profile != model:
+        raise ServiceError(400, "bad_profile", f"profile {profile!r} and model {model!r} name different models: "
+                           "give one")
+    return profile or model or None

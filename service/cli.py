@@ -33,9 +33,10 @@ def _settings(args: argparse.Namespace) -> Settings:
     return s
 
 
-def _load_model(s: Settings, role: str) -> object | None:
-    """Load the worker's model before serving, so a bad LWL_WEIGHTS/LWL_DEVICE fails at once in one line."""
-    from model.api import load_model
+def _load_models(s: Settings, role: str) -> dict | None:
+    """Load the worker's models before serving (LWL_WEIGHTS, or every bundled profile), so a bad
+    LWL_WEIGHTS/LWL_DEVICE fails at once in one line."""
+    from model.api import load_models
     from model.errors import InputError
 
     # One torch thread here: this thread only loads. The worker's compute thread sets its own count;
@@ -43,7 +44,7 @@ def _load_model(s: Settings, role: str) -> object | None:
     # then stops spinning between parallel regions: the compute thread's frames took 1.5x as long.
     try:
         dev = None if s.device in ("", "auto") else s.device
-        return load_model(weights=s.weights or None, device=dev, exact=s.exact, threads=1)
+        return load_models(s.weights or None, dev, exact=s.exact, threads=1)
     except InputError as exc:
         print(f"lwl {role}: {exc}", file=sys.stderr)
         return None
@@ -85,13 +86,13 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from service.worker import Worker
     from service.worker_http import serve_worker_http
 
-    model = _load_model(s, "worker")
-    if model is None:
+    models = _load_models(s, "worker")
+    if models is None:
         return 2
 
     async def main() -> None:
         w = Worker(s, RedisBackend(s.redis_url, s.key_prefix, name=f"lwl-worker-{s.resolved_worker_id}"),
-                   model=model)
+                   models=models)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, lambda: asyncio.ensure_future(w.drain()))
@@ -115,11 +116,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from service.backends import make_backend
     from service.worker import Worker
 
-    model = _load_model(s, "serve")
-    if model is None:
+    models = _load_models(s, "serve")
+    if models is None:
         return 2
     backend = make_backend(s.redis_url, s.key_prefix, name="lwl-serve")
-    worker = Worker(s, backend, model=model, worker_id=s.worker_id or "embedded")
+    worker = Worker(s, backend, models=models, worker_id=s.worker_id or "embedded")
     _uvicorn(create_app(s, backend, worker), s)
     return 0
 

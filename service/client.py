@@ -386,15 +386,18 @@ class Client:
 
     def create_session(self, image: ImageLike, mask: ImageLike | None = None, boxes: dict | None = None,
                        crop_size: str | None = None, model: str | None = None,
-                       format: str = "png") -> Session:  # noqa: A002
-        """New session from the first frame and a mask (label map) or boxes {id: (x, y, w, h)}."""
-        files, data = _session_form(image, mask, boxes, crop_size=crop_size, model=model, format=format)
+                       format: str = "png", profile: str | None = None) -> Session:  # noqa: A002
+        """New session from the first frame and a mask (label map) or boxes {id: (x, y, w, h)}; `profile`:
+        the bundled model, "fast" (the service's default) or "accurate"."""
+        files, data = _session_form(image, mask, boxes, crop_size=crop_size, model=model, format=format,
+                                    profile=profile)
         return Session(self, _check(self.request("POST", "/v1/sessions", files=files, data=data)))
 
     def submit_video(self, video: str | Path | bytes, mask: ImageLike | None = None,
-                     boxes: dict | None = None, init_frame: int = 0, crop_size: str | None = None) -> JobRef:
+                     boxes: dict | None = None, init_frame: int = 0, crop_size: str | None = None,
+                     profile: str | None = None) -> JobRef:
         """Post a video job; returns the job id as a JobRef (a str with the job's `.token`)."""
-        files, data = _session_form(b"", mask, boxes, init_frame=init_frame, crop_size=crop_size)
+        files, data = _session_form(b"", mask, boxes, init_frame=init_frame, crop_size=crop_size, profile=profile)
         files.pop("image")
         files["video"] = ("video", _bytes(video) if not isinstance(video, bytes) else video)
         return _job_ref(self.job_tokens, _check(self.request("POST", "/v1/jobs", files=files, data=data)))
@@ -547,14 +550,15 @@ class AsyncClient:
 
     async def create_session(self, image: ImageLike, mask: ImageLike | None = None, boxes: dict | None = None,
                              crop_size: str | None = None, model: str | None = None,
-                             format: str = "png") -> AsyncSession:  # noqa: A002
-        files, data = _session_form(image, mask, boxes, crop_size=crop_size, model=model, format=format)
+                             format: str = "png", profile: str | None = None) -> AsyncSession:  # noqa: A002
+        files, data = _session_form(image, mask, boxes, crop_size=crop_size, model=model, format=format,
+                                    profile=profile)
         return AsyncSession(self, _check(await self.request("POST", "/v1/sessions", files=files, data=data)))
 
     async def submit_video(self, video: str | Path | bytes, mask: ImageLike | None = None,
                            boxes: dict | None = None, init_frame: int = 0,
-                           crop_size: str | None = None) -> JobRef:
-        files, data = _session_form(b"", mask, boxes, init_frame=init_frame, crop_size=crop_size)
+                           crop_size: str | None = None, profile: str | None = None) -> JobRef:
+        files, data = _session_form(b"", mask, boxes, init_frame=init_frame, crop_size=crop_size, profile=profile)
         files.pop("image")
         files["video"] = ("video", _bytes(video) if not isinstance(video, bytes) else video)
         return _job_ref(self.job_tokens, _check(await self.request("POST", "/v1/jobs", files=files, data=data)))

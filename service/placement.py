@@ -19,6 +19,11 @@ log = logging.getLogger("lwl.api")
 RETRY_OPS = ("worker_full", "worker_lost")  # a new session goes to the next worker on these
 
 
+def serves(worker: dict[str, Any], model: str) -> bool:
+    """Whether a worker's heartbeat lists `model` among the models it serves (its default or another)."""
+    return worker.get("model") == model or any(m.get("name") == model for m in worker.get("models", []))
+
+
 class Placement:
     """Sessions on workers, and calls to them (one per app)."""
 
@@ -34,21 +39,32 @@ class Placement:
         """Live workers with room, most free capacity first."""
         ws = [w for w in await self.b.live_workers() if w.get("free", 0) > 0 and not w.get("draining")]
         if model:
-            ws = [w for w in ws if w.get("model") == model]
+            ws = [w for w in ws if serves(w, model)]
         return sorted(ws, key=lambda w: (-w["free"], w.get("memory_bytes", 0)))
+
+    async def check_served(self, model: str | None) -> None:
+        """A model a client names must be served by a live worker (400 unknown_model otherwise); with no
+        live worker at all the request goes on and waits for one like any other."""
+        live = await self.b.live_workers()
+        if model and live and not any(serves(w, model) for w in live):
+            names = sorted({m.get("name", "") for w in live for m in w.get("models", [])} or
+                           {w.get("model", "") for w in live})
+            raise ServiceError(400, "unknown_model", f"no live worker serves model {model!r} (served: "
+                               f"{', '.join(names)})")
 
     async def owner(self, sid: str, meta: dict[str, str]) -> str:
         """The session's worker; if it died, move the session to a live worker (which restores it)."""
         wid = meta.get("worker", "")
         if await self.b.worker_alive(wid):
             return wid
-        return await self.move(sid, wid)
+        return await self.move(sid, wid, meta.get("model") or None)
 
-    async def move(self, sid: str, dead: str) -> str:
-        """Give a session whose worker died to the live worker with the most room, and tell that worker
-        to adopt it now (restore the snapshot, replay the frames after it, read its frames from then on)."""
-        live = await self.b.live_workers()
-        cands = await self.candidates() or [w for w in live if not w.get("draining")]
+    async def move(self, sid: str, dead: str, model: str | None = None) -> str:
+        """Give a session whose worker died to the live worker with the most room that serves its model,
+        and tell that worker to adopt it now (restore the snapshot, replay the frames after it, read its
+        frames from then on)."""
+        live = [w for w in await self.b.live_workers() if not model or serves(w, model)]
+        cands = await self.candidates(model) or [w for w in live if not w.get("draining")]
         if not cands:
             raise ServiceError(503, "no_worker", "the session's worker is gone and no other worker is live",
                                headers=self.retry_after())
@@ -75,7 +91,7 @@ class Placement:
             cands = [w for w in await self.candidates(model) if w["id"] not in tried]
             if not cands:
                 live = await self.b.live_workers()
-                if model and not tried and live and all(w.get("model") != model for w in live):
+                if model and not tried and live and not any(serves(w, model) for w in live):
                     raise ServiceError(400, "unknown_model", f"no live worker serves model {model!r}")
                 raise ServiceError(503, "no_capacity", "no worker has room for a new session; retry later",
                                    headers=self.retry_after())

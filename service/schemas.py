@@ -116,7 +116,9 @@ class ModelInfo(BaseModel):
     box_init: bool = Field(description="boxes can start objects (the model has a box encoder)")
     crop_size: str = Field(description="default network crop HxW")
     workers: int = Field(description="live workers serving it")
-    free: int = Field(description="session slots free on those workers")
+    free: int = Field(description="session slots free on those workers (shared by the models a worker serves)")
+    default: bool = Field(False, description="the model a session or job gets when it names none (for the "
+                          "bundled models: the fast profile)")
     threads: int = Field(0, description="torch CPU threads per worker (the largest among live workers)")
 
 

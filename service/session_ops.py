@@ -207,7 +207,7 @@ class SessionOps:
         A session moved here (its worker died or drained) counts in lwl_failover_seconds: from the old
         worker's last heartbeat (or its hand-over) to this commit, after which the session is served."""
         sh, sblobs = parse_frame_bytes(snap)
-        tracker = await self.w.run(self.w.model.restore_tracker, sblobs[0])
+        tracker = await self.w.run(self.w.model_for(meta.get("model")).restore_tracker, sblobs[0])
         hs = HeldSession(tracker=tracker, last_seq=int(sh["seq"]), recent=list(sh.get("recent", [])),
                          frame_id=sh.get("frame_id", "0"), store_bytes=[len(snap), 0])
         answers, replayed = await self._replay(sid, hs)
@@ -301,9 +301,11 @@ class SessionOps:
         return self.w.s.max_crop_pixels or 4 * default[0] * default[1]
 
     def _state_bytes(self, frame_hw: tuple[int, int], n_objects: int, crop: tuple[int, int] | None) -> int:
-        """What a session of this size holds once its few-shot memory is full (the model's own bound)."""
-        estimate = getattr(self.w.model, "state_bytes", None)
-        return int(estimate(tuple(frame_hw), n_objects, crop)) if estimate else 0
+        """What a session of this size holds once its few-shot memory is full (the models' own bound, the
+        largest of the models served: admission does not depend on which one a session uses)."""
+        bounds = [int(m.state_bytes(tuple(frame_hw), n_objects, crop)) for m in self.w.models.values()
+                  if hasattr(m, "state_bytes")]
+        return max(bounds, default=0)
 
     def held_state_bytes(self, skip: str = "") -> int:
         """The state bound of every session held here (but `skip`)."""
@@ -338,9 +340,7 @@ class SessionOps:
         sid, w = h["sid"], self.w
         if w.draining or len(w.sessions) >= w.s.max_sessions_per_worker:
             raise ServiceError(503, "worker_full", f"worker {w.id} has no free session slot")
-        if h.get("model") and h["model"] != w.model.name:
-            raise ServiceError(400, "unknown_model", f"model {h['model']!r} is not served here "
-                          f"(this worker serves {w.model.name!r})")
+        model = w.model_for(h.get("model"))
         crop = self.crop(h.get("crop_size"))
         fmt = h.get("fmt", "png")
 
@@ -348,7 +348,7 @@ class SessionOps:
             frame = decode_frame(blobs[0], w.s.max_frame_pixels)
             mask, boxes = objects_args(h, blobs)
             self.admit(frame.shape[:2], len(object_ids(mask, boxes)), crop)  # before any model work
-            tracker = w.model.new_tracker(crop_size=crop)
+            tracker = model.new_tracker(crop_size=crop)
             res, ms = timed_model(lambda: tracker.step(frame, mask=mask, boxes=boxes))
             obs.FRAMES.inc()
             hs = HeldSession(tracker=tracker, last_seq=0)

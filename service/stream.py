@@ -325,6 +325,6 @@ class StreamHandler:
             await self.svc.place.adopt(self.sid, self.owner)
             return
         try:
-            self.owner = await self.svc.place.move(self.sid, self.owner)
+            self.owner = await self.svc.place.move(self.sid, self.owner, meta.get("model") or None)
         except ServiceError as e:
             raise StreamClose(4503, e.detail) from None

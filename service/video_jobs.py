@@ -142,10 +142,11 @@ class JobRunner:
         try:  # the same limits as a session, before any model work
             crop = self.w.ops.crop(rec.get("crop_size"))
             check_count(len(object_ids(mask, boxes)), self.w.s.max_objects, what="a job tracks")
+            model = self.w.model_for(rec.get("model"))
         except ServiceError as e:
             raise InputError(e.detail) from None
         outputs = job_outputs(d, {"job_id": jid, "fps": rec.get("fps")})
-        frames = segment_video(self.w.model, FrameSource(d / rec["input"]), {init: Annotation(mask, boxes)},
+        frames = segment_video(model, FrameSource(d / rec["input"]), {init: Annotation(mask, boxes)},
                                crop_size=crop, on_progress=_ticker(progress))
         return outputs.write_all(frames)
 

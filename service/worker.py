@@ -26,11 +26,12 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from model.api import load_model, resolve_threads, set_cpu_threads, step_many
+from model.api import load_models, resolve_threads, set_cpu_threads, step_many
 from service import obs
 from service.backends import STORE_ERRORS, Backend, Input, id_order
 from service.codec import unpack
 from service.compute import decode_frame, encode_message, error_message, timed_model
+from service.errors import ServiceError
 from service.lanes import LaneScheduler, Queued
 from service.session_ops import Done, HeldSession, SessionOps
 from service.settings import Settings
@@ -45,10 +46,13 @@ Work = tuple[HeldSession, str, int, bytes, str]  # a frame to compute: session, 
 class Worker:
     """One device, many sessions; same code for `lwl worker` (Redis) and `lwl serve` (in-process)."""
 
-    def __init__(self, settings: Settings, backend: Backend, model: Any = None, worker_id: str | None = None) -> None:
+    def __init__(self, settings: Settings, backend: Backend, model: Any = None, worker_id: str | None = None,
+                 models: dict[str, Any] | None = None) -> None:
         self.s = settings
         self.b = backend
-        self.model = model
+        # the models served by name, the default first (model.api.load_models); `model` alone: just that one
+        self.models: dict[str, Any] = models or ({getattr(model, "name", ""): model} if model is not None else {})
+        self.model = next(iter(self.models.values())) if self.models else None  # the default
         self.id = worker_id or settings.resolved_worker_id
         self.sessions: dict[str, HeldSession] = {}
         # torch's CPU thread count is per calling thread (an OpenMP pool each): resolved once here (the
@@ -79,7 +83,8 @@ class Worker:
     async def start(self) -> None:
         """Load the model (in a thread) and start the loops."""
         if self.model is None:
-            self.model = await asyncio.get_running_loop().run_in_executor(self.compute, self._load_model)
+            self.models = await asyncio.get_running_loop().run_in_executor(self.compute, self._load_models)
+            self.model = next(iter(self.models.values()))
         self.device = str(getattr(self.model, "device", "cpu"))
         await self.run(lambda: None)  # the compute thread has started: its thread count is known
         self.scheduler = self._scheduler(self.device)
@@ -112,9 +117,19 @@ class Worker:
         except Exception:  # noqa: BLE001 - torch's default count is slower, not wrong
             log.exception("could not set torch cpu threads", extra={"worker_id": self.id})
 
-    def _load_model(self) -> Any:
+    def _load_models(self) -> dict[str, Any]:
         dev = None if self.s.device in ("", "auto") else self.s.device
-        return load_model(weights=self.s.weights or None, device=dev, exact=self.s.exact, threads=None)
+        return load_models(self.s.weights or None, dev, exact=self.s.exact, threads=None)
+
+    def model_for(self, name: str | None) -> Any:
+        """The model a session or job asked for by name (a bundled profile, or the weights' name); the
+        default when it names none."""
+        if not name:
+            return self.model
+        if name not in self.models:
+            raise ServiceError(400, "unknown_model", f"model {name!r} is not served here (this worker serves "
+                               f"{', '.join(self.models)})")
+        return self.models[name]
 
     async def drain(self) -> None:
         """SIGTERM: stop taking sessions and jobs, finish the frames or op at hand, hand every held session
@@ -175,6 +190,9 @@ class Worker:
             "free": 0 if self.draining else max(0, self.s.max_sessions_per_worker - n),
             "memory_bytes": obs.device_memory_bytes(), "device": self.device,
             "model": getattr(self.model, "name", ""), "draining": self.draining,
+            "models": [{"name": getattr(m, "name", n), "box_init": bool(getattr(m, "has_box_encoder", False)),
+                        "crop_size": "x".join(str(v) for v in getattr(m, "default_crop_size", ()))}
+                       for n, m in self.models.items()],
             "box_init": bool(getattr(self.model, "has_box_encoder", False)),
             "crop_size": "x".join(str(v) for v in getattr(self.model, "default_crop_size", ())),
             "jobs_running": self.jobs.running, "started": self.started, "ts": time.time(),

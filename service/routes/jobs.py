@@ -72,10 +72,13 @@ async def create_job(
     boxes: BoxesForm = None,
     init_frame: Annotated[int, Form(ge=0, description="frame the mask/boxes belong to")] = 0,
     crop_size: Annotated[str | None, Form()] = None,
+    profile: Annotated[str | None, Form(description="bundled model profile: fast (the default) or accurate, "
+                                        "or any served model's name")] = None,
 ) -> dict[str, Any]:
     """Submit a whole video: 202 and a job id; poll GET /v1/jobs/{id}."""
     await svc.check_job_room()
     check_crop(crop_size)
+    await svc.place.check_served(profile)
     jid = uuid.uuid4().hex
     d = svc.jobs_dir() / jid
     d.mkdir(parents=True)
@@ -88,6 +91,7 @@ async def create_job(
     await svc.b.put_job(jid, {
         "id": jid, "state": "queued", "progress": "0", "frames_done": "0", "frames_total": str(count),
         "init_frame": str(init_frame), "boxes": json.dumps(boxes_header(bx)), "crop_size": crop_size or "",
+        "model": profile or "",
         "input": jobfiles.UPLOAD_NAME, "fps": f"{fps:.4f}", "created": now, "updated": now,
         "filename": video.filename or "", "token_sha256": token_digest(token),
         "api_key": getattr(request.state, "api_key", None) or "",

@@ -53,12 +53,16 @@ async def info(svc: Svc) -> dict[str, Any]:
     video jobs."""
     models: dict[str, dict[str, Any]] = {}
     for w in await svc.b.live_workers():
-        m = models.setdefault(w.get("model", ""), {"name": w.get("model", ""), "workers": 0, "free": 0,
-                                                  "box_init": bool(w.get("box_init")),
-                                                  "crop_size": w.get("crop_size", ""), "threads": 0})
-        m["workers"] += 1
-        m["threads"] = max(m["threads"], int(w.get("threads") or 0))
-        m["free"] += int(w.get("free", 0))
+        served = w.get("models") or [{"name": w.get("model", ""), "box_init": bool(w.get("box_init")),
+                                      "crop_size": w.get("crop_size", "")}]
+        for k, sm in enumerate(served):
+            m = models.setdefault(sm["name"], {"name": sm["name"], "workers": 0, "free": 0, "default": False,
+                                               "box_init": bool(sm.get("box_init")),
+                                               "crop_size": sm.get("crop_size", ""), "threads": 0})
+            m["workers"] += 1
+            m["default"] = m["default"] or k == 0  # a worker's first model is what a session gets unasked
+            m["threads"] = max(m["threads"], int(w.get("threads") or 0))
+            m["free"] += int(w.get("free", 0))
     s = svc.s
     return {"version": __version__, "models": list(models.values()),
             "limits": {"max_upload_bytes": s.max_upload_bytes, "max_frame_pixels": s.max_frame_pixels,

@@ -22,6 +22,7 @@ from service.checks import (
     check_image,
     check_mask,
     check_objects,
+    model_name,
     parse_boxes,
     read_upload,
     session_hw,
@@ -45,6 +46,8 @@ async def create_session(
     boxes: BoxesForm = None,
     crop_size: Annotated[str | None, Form(description="e.g. 240x432; default: model's")] = None,
     model: Annotated[str | None, Form(description="model name (must match a worker's model)")] = None,
+    profile: Annotated[str | None, Form(description="bundled model profile: fast (the default) or accurate; "
+                                        "the same as naming it in `model`")] = None,
     format: Annotated[str, Form(description="mask format of results: png or rle")] = "png",  # noqa: A002
 ) -> dict[str, Any]:
     """Create a session from an initial frame and a mask or boxes per object."""
@@ -55,6 +58,7 @@ async def create_session(
         raise ServiceError(400, "bad_mask", "mask file is empty")
     check_format(format)
     check_crop(crop_size)
+    model = model_name(profile, model)
     hw = check_image(img or b"", s.max_frame_pixels)
     bx = parse_boxes(boxes)
     check_objects(hw, mdata, bx, s.max_frame_pixels, s.max_objects)
