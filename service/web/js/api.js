@@ -120,12 +120,13 @@ export function uploadForm(path, form, onProgress) {
 export const getInfo = () => request("v1/info", { timeoutMs: 10000 });
 
 /** POST /v1/sessions: frame Blob, optional mask PNG Blob, boxes {id: [x, y, w, h]}. */
-export function createSession(frame, mask, boxes, cropSize) {
+export function createSession(frame, mask, boxes, cropSize, profile) {
   const form = new FormData();
   form.append("image", frame, frame.type === "image/png" ? "frame.png" : "frame.jpg");
   if (mask) form.append("mask", mask, "mask.png");
   if (boxes && Object.keys(boxes).length) form.append("boxes", JSON.stringify(boxes));
   if (cropSize) form.append("crop_size", cropSize);
+  if (profile) form.append("profile", profile);
   form.append("format", "png");
   return request("v1/sessions", { method: "POST", body: form });
 }
@@ -151,11 +152,12 @@ export function removeObject(s, objectId) {
   return request(`v1/sessions/${encodeURIComponent(s.id)}/objects/${objectId}`, { method: "DELETE", token: s.token });
 }
 
-export function submitJob(video, maskPng, boxes, onProgress) {
+export function submitJob(video, maskPng, boxes, onProgress, profile) {
   const form = new FormData();
   form.append("video", video, video.name || "video.mp4");
   if (maskPng) form.append("mask", maskPng, "mask.png");
   if (boxes && Object.keys(boxes).length) form.append("boxes", JSON.stringify(boxes));
+  if (profile) form.append("profile", profile);
   form.append("init_frame", "0");
   return uploadForm("v1/jobs", form, onProgress);
 }

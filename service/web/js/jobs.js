@@ -30,7 +30,7 @@ export class JobPanel {
     $("job-links").replaceChildren();
     this._state(`uploading ${file.name}…`);
     try {
-      const created = await submitJob(file, maskPng, boxes, (f) => { $("job-upload").value = f; });
+      const created = await submitJob(file, maskPng, boxes, (f) => { $("job-upload").value = f; }, $("profile").value);
       $("job-upload").value = 1;
       this.jobId = created.job_id;
       this._state(`job ${created.job_id.slice(0, 8)} queued`);

@@ -258,7 +258,7 @@ async function start() {
   try {
     const mask = painted.length ? await encodeLabelPng(editor.only(painted), editor.width, editor.height) : null;
     const boxes = Object.fromEntries(boxed.map((id) => [id, editor.boxes[id]]));
-    const created = await api.createSession(S.still.blob, mask, boxes, $("crop").value.trim());
+    const created = await api.createSession(S.still.blob, mask, boxes, $("crop").value.trim(), $("profile").value);
     S.session = { id: created.session_id, token: created.token, wsUrl: created.ws_url };
     S.objects.clear();
     S.counts = { sent: 0, answered: 0, skipped: 0, errors: 0 };
@@ -659,7 +659,7 @@ async function loadInfo() {
   if (S.info.api_key_required && !api.apiKey()) {
     showMessage("this service needs an API key: enter it in the key field at the top", "info");
   }
-  const m = S.info.models[0];
+  const m = chooseModel(S.info.models);
   S.boxInit = !!(m && m.box_init);
   $("tool-box").disabled = !S.boxInit;
   $("tool-box").title = S.boxInit ? "Drag a box (B)" : "this model has no box encoder: paint a mask";
@@ -673,6 +673,16 @@ async function loadInfo() {
     setTimeout(() => { if (!S.info.models.length) loadInfo(); }, 5000);
   }
   return true;
+}
+
+/** Fill the model select from /v1/info (the default first, or ?profile=NAME) and return the chosen model. */
+function chooseModel(models) {
+  const sel = $("profile");
+  const want = sel.value || params.get("profile") || (models.find((x) => x.default) || models[0] || {}).name;
+  sel.replaceChildren(...models.map((x) => new Option(x.default ? `${x.name} (default)` : x.name, x.name)));
+  sel.value = models.some((x) => x.name === want) ? want : (models[0] || {}).name || "";
+  sel.onchange = () => loadInfo();
+  return models.find((x) => x.name === sel.value);
 }
 
 /** ?box=X,Y,W,H (repeatable, or ;-separated) -> objects 1, 2, ... on the first frame, clipped to it. */
