@@ -1,7 +1,9 @@
 """Tracker speed: frames per second per configuration, written to bench/results.json and a bar plot.
 
-Runs on whatever device `auto` picks. Uses the bundled model when present and the official
-ResNet-50 architecture with random weights (same cost as the released checkpoints).
+Runs on whatever device `auto` picks. Times each bundled profile (fast, accurate) whose weights are
+present and the official ResNet-50 architecture with random weights (same cost as the released
+checkpoints); each configuration's frame is also given as a ratio to a fixed reference network's
+forward on the same frame, timed alternately in the same process.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from model.api import BUNDLED_WEIGHTS, Model, load_model, resolve_device
+from model.api import PROFILES, Model, load_model, resolve_device
 from model.config import NetConfig, TrackerParams
 from model.fuse import fuse_batchnorm
 from model.network import build_network
@@ -122,9 +124,10 @@ def main() -> None:
         previous = {(r["model"], r["crop"]): r["fps"] for r in old.get("results", [])}
     frames, mask = clip(args.frames, (480, 854))
     runs = []
-    if BUNDLED_WEIGHTS.is_file():
-        m = load_model(None, str(dev), threads=None)
-        runs.append(("bundled compact", m, m.default_crop_size))
+    for name, prof in PROFILES.items():  # the bundled models, by profile (schedule included)
+        if prof.weights.is_file():
+            m = load_model(None, str(dev), threads=None, profile=name)
+            runs.append((f"bundled {name}", m, m.default_crop_size))
     off = official_random(dev)
     runs += [("official ResNet-50", off, (240, 416)), ("official ResNet-50", off, (480, 832))]
     results = []
