@@ -4,7 +4,7 @@ VENV    ?= .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 
-.PHONY: install demo test lint lint-deploy bench bench-service clean train-default screenshots fuzz load
+.PHONY: install demo test lint lint-deploy bench bench-service bench-page clean train-default screenshots fuzz load
 
 # The tested torch pins first (pyproject.toml gives ranges; the Dockerfile pins the same versions), then
 # the project with every extra the tests use.
@@ -27,10 +27,13 @@ test: $(STAMP)
 	bash .ci/ensure-browser.sh
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -rs --durations=15
 
-## train-default: retrain the bundled model (ImageNet EfficientNet-Lite0 backbone, frozen) on
-## ../shared/data/davis2016-train (about 1.5 h of CPU; rerun to resume). Writes
-## model/weights/default.safetensors when each recipe finishes (the second refits the box encoder).
+## train-default: retrain the bundled models (ImageNet EfficientNet-Lite0 backbone, frozen) on
+## ../shared/data/davis2016-train, the fast profile then the accurate one (about 1.3 + 1.5 h of CPU; rerun
+## to resume). Writes model/weights/fast.safetensors and accurate.safetensors when each recipe finishes
+## (the second of each pair refits the box encoder).
 train-default: $(STAMP)
+	$(BIN)/lwl train model/train/configs/compact_lite0_fast.yaml
+	$(BIN)/lwl train model/train/configs/compact_lite0_fast_box.yaml
 	$(BIN)/lwl train model/train/configs/compact_lite0.yaml
 	$(BIN)/lwl train model/train/configs/compact_lite0_box.yaml
 
@@ -59,6 +62,12 @@ bench: $(STAMP)
 ## 127.0.0.1:6379, or LWL_REDIS_URL), next to in-process stepping; writes bench/service-results.json + .png
 bench-service: $(STAMP)
 	$(BIN)/python -m bench.service
+
+## bench-page: the web page tracking a 640x480 fake camera in headless Chromium through lwl serve (defaults),
+## each profile: frames/s answered, latency and model time as the page shows them; writes bench/page-results.json
+bench-page: $(STAMP)
+	bash .ci/ensure-browser.sh
+	$(BIN)/python -m bench.page
 
 clean:
 	rm -rf $(VENV) demo-out .pytest_cache .ruff_cache
