@@ -197,3 +197,46 @@ def test_malformed_edits_get_errors_and_the_stream_goes_on(serve) -> None:  # no
             assert ("seq" in got) == ((msg, status, code) in worker_refused)  # applied (as a no-op) or not sent
         ws.send(FRAMES[1])
         assert json.loads(ws.recv())["type"] == "result"
+
+
+def library_reference(weights, n: int) -> list[np.ndarray]:  # noqa: ANN001
+    """In the library: frames 1-2, correct, add box 3, then frames 3..n-1 (the labels of each step)."""
+    import torch
+
+    from model.api import load_model
+    from model.media import read_image
+
+    torch.set_num_threads(1)
+    tr = load_model(weights=weights, device="cpu", threads=None).new_tracker(crop_size=(64, 112))
+    tr.step(read_image(FRAMES[0]), mask=first_mask())
+    out = [tr.step(read_image(FRAMES[i])).labels for i in (1, 2)]
+    out.append(tr.correct(correction()).labels)
+    out.append(tr.add_objects(boxes={3: tuple(BOX3["3"])}).labels)
+    return out + [tr.step(read_image(FRAMES[i])).labels for i in range(3, n)]
+
+
+@pytest.mark.slow
+def test_a_worker_killed_after_an_edit_resumes_to_identical_masks(cluster_factory, weights) -> None:  # noqa: ANN001
+    import signal
+
+    ref = library_reference(weights, 6)
+    c = cluster_factory(True, LWL_SNAPSHOT_EVERY="100")  # the edits stay in the replay log
+    c.start("api")
+    workers = {w: c.start("worker", LWL_WORKER_ID=w) for w in ("e1", "e2")}
+    c.wait_ready(workers=2)
+    s = create(c.url)
+    with connect(s["ws_url"] + "&max_inflight=2", max_size=None) as ws:
+        json.loads(ws.recv())
+        for m in (FRAMES[1], FRAMES[2], json.dumps({"type": "correct", "id": "c",
+                                                    "mask": base64.b64encode(encode_label_png(correction())).decode()}),
+                  binary_edit({"type": "add", "boxes": BOX3, "id": "a"}, b"")):
+            ws.send(m)
+        before = [json.loads(ws.recv()) for _ in range(4)]
+        assert [m["type"] for m in before] == ["result", "result", "corrected", "added"]
+        workers[s["worker_id"]].stop(signal.SIGKILL)
+        for i in (3, 4, 5):
+            ws.send(FRAMES[i])
+        after = [json.loads(ws.recv()) for _ in range(3)]
+    assert {m["worker_id"] for m in after} == {"e2" if s["worker_id"] == "e1" else "e1"}
+    got = [labels(m) for m in before + after]
+    assert [np.array_equal(a, b) for a, b in zip(got, ref, strict=True)] == [True] * 7
