@@ -240,3 +240,39 @@ def test_a_worker_killed_after_an_edit_resumes_to_identical_masks(cluster_factor
     assert {m["worker_id"] for m in after} == {"e2" if s["worker_id"] == "e1" else "e1"}
     got = [labels(m) for m in before + after]
     assert [np.array_equal(a, b) for a, b in zip(got, ref, strict=True)] == [True] * 7
+
+
+def test_sdk_edits_in_the_stream_save_and_restore(serve, tmp_path) -> None:  # noqa: ANN001
+    import asyncio
+
+    from service.client import AsyncClient, Client
+
+    c = Client(serve.url)
+    s = c.create_session(FRAMES[0], mask=first_mask())
+    stream = s.stream(FRAMES[1:4], max_inflight=1)
+    types = []
+    for m in stream:
+        types.append(m["type"])
+        if len(types) == 1:  # after frame 1: correct, add box 3, remove 2, then frames 2 and 3
+            stream.correct(correction())
+            stream.add(boxes={3: BOX3["3"]})
+            stream.remove(2)
+    assert types == ["result", "corrected", "added", "removed", "result", "result"]
+    saved = s.save(tmp_path / "s.lwlstate")
+    twin = c.restore(saved)
+    assert [o["id"] for o in twin.objects] == [1, 3]
+    a, b = s.segment(FRAMES[4]), twin.segment(FRAMES[4])
+    assert np.array_equal(s.labels(a), s.labels(b))
+
+    async def run() -> list[str]:
+        async with AsyncClient(serve.url) as ac:
+            t = await ac.restore(saved.read_bytes())
+            st, out = t.stream(FRAMES[5:7], max_inflight=1), []
+            async for m in st:
+                out.append(m["type"])
+                if len(out) == 1:
+                    st.remove(3)
+            await t.save(tmp_path / "t.lwlstate")
+            return out
+
+    assert asyncio.run(run()) == ["result", "removed", "result"]
