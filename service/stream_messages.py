@@ -132,6 +132,11 @@ class MaskEdit(BaseModel):
 
     _payload: bytes | None = PrivateAttr(default=None)
 
+    def with_payload(self, data: bytes) -> MaskEdit:
+        """The PNG bytes that followed a binary envelope's header."""
+        self._payload = data
+        return self
+
     def mask_bytes(self, mask: str | None, cid: Any) -> bytes:
         if self._payload is not None:
             return self._payload
@@ -221,7 +226,7 @@ def parse_binary(data: bytes) -> CorrectMessage | AddMessage:
     msg = parse_text(data[8 : 8 + n].decode("utf-8", "replace"))
     if not isinstance(msg, (CorrectMessage, AddMessage)):
         raise BadMessage("bad_message", 'a binary edit\'s header is {"type": "correct"} or {"type": "add"}')
-    msg._payload = data[8 + n :]
+    msg.with_payload(data[8 + n :])
     return msg
 
 
