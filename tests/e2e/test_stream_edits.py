@@ -276,3 +276,23 @@ def test_sdk_edits_in_the_stream_save_and_restore(serve, tmp_path) -> None:  # n
             return out
 
     assert asyncio.run(run()) == ["result", "removed", "result"]
+
+
+def test_mode_latest_never_skips_an_edit_and_keeps_its_place(serve) -> None:  # noqa: ANN001
+    s = create(serve.url)
+
+    def frame(i: int) -> str:
+        return json.dumps({"type": "frame", "id": f"f{i}", "image": base64.b64encode(FRAMES[i]).decode()})
+
+    fix = base64.b64encode(encode_label_png(correction())).decode()
+    with connect(s["ws_url"] + "&mode=latest&max_inflight=1", max_size=None) as ws:
+        json.loads(ws.recv())
+        for m in (frame(1), frame(2), frame(3), json.dumps({"type": "correct", "mask": fix, "id": "c"}),
+                  frame(4), frame(5)):
+            ws.send(m)
+        got = [json.loads(ws.recv()) for _ in range(6)]
+    by_id = {m["id"]: m for m in got}
+    assert by_id["c"]["type"] == "corrected" and by_id["f3"]["type"] == "result"  # the frame before it is kept
+    assert by_id["c"]["frame_index"] == by_id["f3"]["frame_index"]  # applied right after frame 3
+    order = [m["id"] for m in got if m["type"] != "skipped"]
+    assert order.index("f3") + 1 == order.index("c") and order[-1] == "f5"
