@@ -6,6 +6,7 @@ ones. See docs/ARCHITECTURE.md for the whole contract.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -56,6 +57,7 @@ class Model:
     device: torch.device
     name: str
     profile: str | None = None  # the bundled profile this is, None for a weights file given by path
+    weights_hash: str = ""  # weights_digest of the weights as loaded: an exported state names it
 
     @property
     def default_crop_size(self) -> tuple[int, int]:
@@ -71,10 +73,13 @@ class Model:
         return self.net.box_label_encoder is not None
 
     def new_tracker(self, crop_size: tuple[int, int] | None = None, params: TrackerParams | None = None) -> Tracker:
-        return Tracker(self.net, params or self.params, crop_size or self.default_crop_size, self.device)
+        return Tracker(self.net, params or self.params, crop_size or self.default_crop_size, self.device,
+                       self.name, self.weights_hash)
 
     def restore_tracker(self, blob: bytes) -> Tracker:
-        return Tracker.restore(self.net, blob, self.device)
+        """A tracker from `Tracker.export_state` bytes (a notebook's or the service's `GET .../state`);
+        InputError for a state of another model (name or weights), another version, or a damaged one."""
+        return Tracker.restore(self.net, blob, self.device, model=(self.name, self.weights_hash))
 
     def state_bytes(self, frame_hw: tuple[int, int], n_objects: int, crop_size: tuple[int, int] | None = None,
                     memory_size: int | None = None) -> int:
@@ -108,7 +113,19 @@ class Model:
     def from_net(cls, net: LWLNet, config: NetConfig, preset: str = "lwl_ytvos", device: str | torch.device = "cpu",
                  name: str = "in-memory") -> Model:
         """A Model around a network already in memory (the trainer validates without writing a file)."""
-        return cls(net, config, TrackerParams.preset(preset), torch.device(device), name)
+        return cls(net, config, TrackerParams.preset(preset), torch.device(device), name,
+                   weights_hash=weights_digest(net.state_dict()))
+
+
+def weights_digest(state_dict: dict[str, torch.Tensor]) -> str:
+    """A short hash of a network's weights (names, shapes, dtypes, bytes), taken before BatchNorms are
+    folded: the same weights file gives the same hash in exact and fast mode."""
+    h = hashlib.sha256()
+    for name in sorted(state_dict):
+        t = state_dict[name].detach().cpu().contiguous()
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype};".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 def exact_from_env() -> bool:
@@ -136,6 +153,7 @@ def load_model(weights: str | Path | None = None, device: str | None = None, pre
     if prof is not None and not path.is_file():
         raise InputError(f"the bundled {prof.name} model is missing ({path}); pass weights explicitly")
     w = read_weights(path)
+    digest = weights_digest(w.state_dict)
     dev = resolve_device(device)
     net = build_from_weights(w).to(dev)
     if w.meta.get("ablation"):  # an ablation checkpoint needs its module swap, or untrained parts would run
@@ -150,7 +168,7 @@ def load_model(weights: str | Path | None = None, device: str | None = None, pre
     params = TrackerParams.preset(preset or w.tracker_preset)
     if prof is not None:
         params = params.with_(**prof.params)
-    return Model(net, w.config, params, dev, prof.name if prof else path.stem, prof.name if prof else None)
+    return Model(net, w.config, params, dev, prof.name if prof else path.stem, prof.name if prof else None, digest)
 
 
 def load_models(weights: str | Path | None = None, device: str | None = None, exact: bool | None = None,
@@ -184,6 +202,7 @@ from model.lite import (  # noqa: E402 - the torch-free half of the contract (mo
     probe_video,
     read_image,
     read_label_png,
+    read_state_header,
     register_cli,
     rle_decode,
     rle_encode,
@@ -193,5 +212,5 @@ from model.threads import resolve_threads  # noqa: E402 (set_cpu_threads: import
 
 __all__ += ["Annotation", "DAVIS_PALETTE", "PNG_RLE", "RESULT_FORMATS", "FrameSource", "ResultFormat",
             "SegmentedFrame", "clip_box", "encode_label_png", "job_outputs", "mask_ids", "object_ids", "palette",
-            "probe_video", "read_image", "read_label_png", "register_cli", "resolve_threads", "rle_decode",
-            "rle_encode", "segment_video", "set_cpu_threads", "write_label_png"]
+            "probe_video", "read_image", "read_label_png", "read_state_header", "register_cli", "resolve_threads",
+            "rle_decode", "rle_encode", "segment_video", "set_cpu_threads", "write_label_png"]

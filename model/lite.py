@@ -25,11 +25,13 @@ from model.media import (
 )
 from model.outputs import RESULT_FORMATS, ResultFormat, job_outputs
 from model.rle import rle_decode, rle_encode
+from model.state_header import read_state_header
 from model.video import Annotation, SegmentedFrame
 
 __all__ = ["DAVIS_PALETTE", "PNG_RLE", "RESULT_FORMATS", "Annotation", "FrameSource", "ResultFormat", "SegmentedFrame",
            "clip_box", "encode_label_png", "job_outputs", "mask_ids", "object_ids", "palette", "parse_size",
-           "probe_video", "read_image", "read_label_png", "register_cli", "rle_decode", "rle_encode", "write_label_png"]
+           "probe_video", "read_image", "read_label_png", "read_state_header", "register_cli", "rle_decode",
+           "rle_encode", "write_label_png"]
 
 
 def palette() -> list[list[int]]:

@@ -20,10 +20,8 @@ from model.crop import OUTSIDE, mask_state, soft_aggregate
 from model.errors import InputError
 from model.media import box_from_label
 from model.network import LWLNet
+from model.state_header import STATE_MAGIC, STATE_VERSION, pack_state_header, read_state_header
 from model.target import Target, decode, extract_features
-
-# Version 2: each object's state is its parts' own states (window, memory, learner).
-STATE_VERSION = 2
 
 
 @dataclass
@@ -121,13 +119,14 @@ class Tracker:
     """Multi-object LWL tracker: one `Target` per object, merged per frame; its state can be exported."""
 
     def __init__(self, net: LWLNet, params: TrackerParams, crop_hw: tuple[int, int],
-                 device: torch.device | str = "cpu") -> None:
+                 device: torch.device | str = "cpu", model_name: str = "", weights_hash: str = "") -> None:
         if crop_hw[0] % 16 or crop_hw[1] % 16 or min(crop_hw) < 32:
             raise InputError(f"crop size {crop_hw[0]}x{crop_hw[1]} must be multiples of 16, at least 32")
         self.net = net
         self.params = params
         self.crop_hw = (int(crop_hw[0]), int(crop_hw[1]))
         self.device = torch.device(device)
+        self.model_name, self.weights_hash = model_name, weights_hash  # named in the exported state
         self.targets: dict[int, Target] = {}
         self.frame_index = -1
         self.frame_hw: tuple[int, int] | None = None
@@ -241,12 +240,22 @@ class Tracker:
                 self._raw[oid] = torch.where(corrected, torch.full_like(self._raw[oid], OUTSIDE), self._raw[oid])
         return self._merge()
 
-    def remove_object(self, object_id: int) -> None:
+    def remove_object(self, object_id: int) -> FrameResult:
+        """Stop tracking one object; returns the last frame's result merged again without it."""
         if object_id not in self.targets:
             raise InputError(f"unknown object id {object_id}: tracked objects are {self.object_ids}")
         del self.targets[object_id]
         self._raw.pop(object_id, None)
         self._prob.pop(object_id, None)
+        return self.result()
+
+    def result(self) -> FrameResult:
+        """The last frame's merged result again (a restored tracker shows where it stands)."""
+        if self.frame_hw is None:
+            raise InputError("no frame yet: the tracker has no result")
+        if not self.targets:
+            return FrameResult(self.frame_index, np.zeros(self.frame_hw, np.uint8))
+        return self._merge()
 
     def _merge(self) -> FrameResult:
         ids = list(self.targets)
@@ -275,10 +284,30 @@ class Tracker:
         return buf.getvalue()
 
     def write_state(self, fp: BinaryIO) -> None:
-        """export_state into a binary file. Written without zip CRCs: a service snapshots a session every
-        few frames (tens of MB), and the checksums were a fifth of that time; the reader does not need them."""
+        """export_state into a seekable binary file: the header (model.state_header) then the torch payload,
+        written without zip CRCs: a service snapshots a session every few frames (tens of MB), and the
+        checksums were a fifth of that time; the reader does not need them. The header's room is reserved
+        before the payload (its length is known only after), so the payload is written once."""
+        head = {"model": self.model_name, "weights": self.weights_hash, "crop_hw": list(self.crop_hw),
+                "frame_hw": list(self.frame_hw) if self.frame_hw else None, "objects": self.object_ids,
+                "frame_index": self.frame_index}
+        start = fp.tell()
+        room = len(pack_state_header({**head, "payload_bytes": 10**15}))
+        fp.write(bytes(room))
+        crc = torch.serialization.get_crc32_options()
+        torch.serialization.set_crc32_options(False)
+        try:
+            torch.save(self._state_dict(), fp)
+        finally:
+            torch.serialization.set_crc32_options(crc)
+        end = fp.tell()
+        fp.seek(start)
+        fp.write(pack_state_header({**head, "payload_bytes": end - start - room}, room - len(STATE_MAGIC) - 4))
+        fp.seek(end)
+
+    def _state_dict(self) -> dict:
         last = self._last_frame
-        state = {
+        return {
             "version": STATE_VERSION,
             "crop_hw": list(self.crop_hw),
             "params": self.params.to_dict(),
@@ -289,21 +318,26 @@ class Tracker:
             "prob": {int(k): v for k, v in self._prob.items()},
             "targets": [t.to_state() for t in self.targets.values()],
         }
-        crc = torch.serialization.get_crc32_options()
-        torch.serialization.set_crc32_options(False)
-        try:
-            torch.save(state, fp)
-        finally:
-            torch.serialization.set_crc32_options(crc)
 
     @classmethod
-    def restore(cls, net: LWLNet, blob: bytes, device: torch.device | str = "cpu") -> Tracker:
-        """Inverse of export_state (weights-only unpickling: the blob cannot run code)."""
-        state = _read_state(blob)
+    def restore(cls, net: LWLNet, blob: bytes, device: torch.device | str = "cpu",
+                model: tuple[str, str] | None = None) -> Tracker:
+        """Inverse of export_state (weights-only unpickling: the blob cannot run code). `model` (name,
+        weights hash): a state made by another model is refused before its payload is read."""
+        head, start = read_state_header(blob)
+        if model is not None and (head["model"], head["weights"]) != tuple(model):
+            raise InputError(f"tracker state is of model {head['model']!r} (weights {head['weights']}), not of "
+                             f"this model {model[0]!r} (weights {model[1]}): restore it with the model that made it")
+        state = _read_state(memoryview(blob)[start:])
         try:
-            return cls._from_state(net, state, device)
-        except (KeyError, TypeError, AttributeError, IndexError) as exc:
+            tr = cls._from_state(net, state, device)
+        except (KeyError, TypeError, AttributeError, IndexError, ValueError, RuntimeError) as exc:
             raise InputError(f"tracker state is incomplete or damaged ({type(exc).__name__}: {exc})") from None
+        seen = [list(tr.crop_hw), list(tr.frame_hw) if tr.frame_hw else None, tr.object_ids, tr.frame_index]
+        if seen != [head["crop_hw"], head["frame_hw"], head["objects"], head["frame_index"]]:
+            raise InputError("tracker state is damaged: its payload does not match its header")
+        tr.model_name, tr.weights_hash = head["model"], head["weights"]
+        return tr
 
     @classmethod
     def _from_state(cls, net: LWLNet, state: dict, device: torch.device | str) -> Tracker:
@@ -332,7 +366,7 @@ def _argmax_labels(probs: np.ndarray, label_ids: np.ndarray) -> np.ndarray:
     return labels
 
 
-def _read_state(blob: bytes) -> dict:
+def _read_state(blob: bytes | memoryview) -> dict:
     """Unpickle an exported state (tensors and plain data only) and check that this version can read it."""
     try:
         state = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)

@@ -17,7 +17,7 @@ from fastapi import UploadFile
 from PIL import Image
 
 from model.errors import InputError
-from model.lite import clip_box, mask_ids, probe_video, read_label_png
+from model.lite import clip_box, mask_ids, probe_video, read_label_png, read_state_header
 from service import jobs as jobfiles
 from service.errors import ServiceError
 from service.settings import parse_crop
@@ -134,6 +134,30 @@ def check_objects(hw: tuple[int, int], mask: bytes | None, boxes: dict[int, list
     return ids
 
 
+def check_tracked(oid: int, have: list[int], sid: str) -> None:
+    """An object to remove must be tracked (REST by the session's record, a stream's edit by the tracker)."""
+    if oid not in have:
+        raise ServiceError(404, "unknown_object", f"object {oid} is not tracked in session {sid}")
+
+
+def check_state(blob: bytes, max_pixels: int, max_objects: int) -> dict[str, Any]:
+    """A saved tracker state (POST /v1/sessions `state`) by its torch-free header (model.state_header):
+    this version, whole (not truncated), a frame within LWL_MAX_FRAME_PIXELS, objects within
+    LWL_MAX_OBJECTS. The worker checks its model, weights and payload when it restores it."""
+    try:
+        head, _ = read_state_header(blob)
+    except InputError as exc:
+        raise ServiceError(400, "bad_state", str(exc)) from None
+    if head["frame_hw"] is None or not head["objects"]:
+        raise ServiceError(400, "bad_state", "the state has no frame or no object yet: nothing to continue")
+    h, w = head["frame_hw"]
+    if h * w > max_pixels:
+        raise ServiceError(413, "frame_too_large", f"the state's frames are {w}x{h} = {w * h} pixels, more than "
+                           f"LWL_MAX_FRAME_PIXELS={max_pixels}")
+    check_count(len(head["objects"]), max_objects)
+    return head
+
+
 def object_id(v: Any) -> int:
     """An object id from JSON: an integer or a string of one (not 1.5, not true)."""
     if isinstance(v, bool) or not isinstance(v, (int, str)) or not str(v).strip().lstrip("-").isdigit():
@@ -187,14 +211,21 @@ def session_hw(meta: dict[str, str]) -> tuple[int, int] | None:
     return (int(meta["height"]), int(meta["width"])) if meta.get("height") and meta.get("width") else None
 
 
-async def read_upload(f: UploadFile | None, limit: int, what: str) -> bytes | None:
+async def read_upload(f: UploadFile | None, limit: int, what: str, setting: str = "LWL_MAX_UPLOAD_MB",
+                      code: str = "upload_too_large") -> bytes | None:
     """Read an uploaded part, refusing more than `limit` bytes with 413."""
     if f is None:
         return None
     data = await f.read(limit + 1)
-    if len(data) > limit:
-        raise ServiceError(413, "upload_too_large", f"{what} is larger than LWL_MAX_UPLOAD_MB={limit / 2**20:g} MB")
+    check_size(len(data), limit, what, setting, code)
     return data
+
+
+def check_size(n: int, limit: int, what: str, setting: str = "LWL_MAX_UPLOAD_MB",
+               code: str = "upload_too_large") -> None:
+    """An upload, a stream's frame or edit, or a saved state within its limit in bytes (413 past it)."""
+    if n > limit:
+        raise ServiceError(413, code, f"{what} is larger than {setting}={limit / 2**20:g} MB")
 
 
 def probe_upload(path: Path) -> tuple[int, tuple[int, int], float]:

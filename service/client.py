@@ -3,8 +3,11 @@
     from service.client import Client
     c = Client("http://localhost:8000")
     s = c.create_session("00000.jpg", mask="00000.png")
-    for r in s.stream(["00001.jpg", "00002.jpg"]):
+    stream = s.stream(["00001.jpg", "00002.jpg"])
+    for r in stream:
         labels = s.labels(r)           # np.uint8 (H, W) label map
+        stream.correct(fixed_labels)   # an edit in the stream: after the frames sent so far
+    s.save("s.lwlstate")               # the tracker state; c.restore("s.lwlstate") continues it
     job = c.submit_video("clip.mp4", mask="00000.png")   # a JobRef: the job id (a str) with .token
     c.wait_job(job)                    # progress bar
     c.download(job, "masks.zip")
@@ -184,15 +187,29 @@ class Session(_SessionInfo):
     def remove_object(self, object_id: int) -> dict[str, Any]:
         return _check(self.client.http.delete(f"/v1/sessions/{self.id}/objects/{object_id}", headers=self._h))
 
+    def save(self, path: str | Path) -> Path:
+        """Save the session (GET .../state): the tracker state, for Client.restore or the library's
+        model.restore_tracker."""
+        r = self.client.request("GET", f"/v1/sessions/{self.id}/state", headers=self._h)
+        if r.status_code >= 400:
+            _check(r)
+        Path(path).write_bytes(r.content)
+        return Path(path)
+
     def stream(self, frames: Iterable[ImageLike], mode: str = "all", format: str | None = None,  # noqa: A002
-               max_inflight: int | None = None, reconnects: int = 5) -> Iterator[dict[str, Any]]:
-        """Send frames over the WebSocket; yield result (or error/skipped) messages in order. With
+               max_inflight: int | None = None, reconnects: int = 5) -> Stream:
+        """Send frames over the WebSocket; iterate the returned Stream for result (or error/skipped, and
+        edit answers) messages in order; `correct`, `add`, `remove` on it send edits in the stream. With
         mode="all", a dropped connection (api restart, Redis outage, ...) is resumed up to `reconnects`
         times: the frames the session accepted are answered, the others sent again, none applied twice."""
+        box = _Outbox(mode, reconnects)
+        return Stream(box, self._messages(box, iter(frames), mode, format, max_inflight))
+
+    def _messages(self, box: _Outbox, source: Iterator[ImageLike], mode: str, format: str | None,  # noqa: A002
+                  max_inflight: int | None) -> Iterator[dict[str, Any]]:
         from websockets.exceptions import ConnectionClosed, InvalidHandshake
         from websockets.sync.client import connect
 
-        box, source = _Outbox(mode, reconnects), iter(frames)
         while True:
             try:
                 with connect(self.ws_url + _query(mode, format, max_inflight) + box.resume_query(), max_size=None,
@@ -211,6 +228,56 @@ class Session(_SessionInfo):
                     return
             except (ConnectionClosed, InvalidHandshake, OSError) as exc:
                 time.sleep(box.retry_after(exc))
+
+
+class _Edits:
+    """Edits in a live stream (docs/API.md, "Edits"): sent before the next frame, so each applies after the
+    frames sent so far; answered in order (`corrected`, `added`, `removed`); resent after a reconnect."""
+
+    box: _Outbox
+
+    def correct(self, mask: ImageLike) -> None:
+        """Corrected masks of tracked objects (a label map)."""
+        self.box.edit({"type": "correct", "mask": base64.b64encode(_bytes(mask, label=True)).decode()})
+
+    def add(self, mask: ImageLike | None = None, boxes: dict | None = None) -> None:
+        """New objects: a label map with new ids and/or boxes {id: (x, y, w, h)}."""
+        msg: dict[str, Any] = {"type": "add"}
+        if mask is not None:
+            msg["mask"] = base64.b64encode(_bytes(mask, label=True)).decode()
+        if boxes:
+            msg["boxes"] = {str(k): list(v) for k, v in boxes.items()}
+        self.box.edit(msg)
+
+    def remove(self, object_id: int) -> None:
+        """Stop tracking an object."""
+        self.box.edit({"type": "remove", "object_id": int(object_id)})
+
+
+class Stream(_Edits):
+    """A sync stream: iterate it for the answers, in order; edit with correct/add/remove."""
+
+    def __init__(self, box: _Outbox, messages: Iterator[dict[str, Any]]) -> None:
+        self.box, self.messages = box, messages
+
+    def __iter__(self) -> Stream:
+        return self
+
+    def __next__(self) -> dict[str, Any]:
+        return next(self.messages)
+
+
+class AsyncStream(_Edits):
+    """An asyncio stream: `async for` the answers, in order; edit with correct/add/remove."""
+
+    def __init__(self, box: _Outbox, messages: AsyncIterator[dict[str, Any]]) -> None:
+        self.box, self.messages = box, messages
+
+    def __aiter__(self) -> AsyncStream:
+        return self
+
+    async def __anext__(self) -> dict[str, Any]:
+        return await self.messages.__anext__()
 
 
 def _query(mode: str, fmt: str | None, max_inflight: int | None) -> str:
@@ -246,6 +313,7 @@ class _Outbox:
     def __init__(self, mode: str, reconnects: int) -> None:
         self.mode, self.reconnects_left = mode, reconnects
         self.inflight: dict[int, str] = {}  # id -> the frame's message text, in the order sent
+        self.edits: list[str] = []  # edits queued, sent before the next frame
         self.next_id = 0
         self.resume_from: int | None = None  # seq of the first frame not answered yet
         self.done = False  # the source is exhausted and {"type": "close"} is to be (or was) sent
@@ -254,10 +322,13 @@ class _Outbox:
 
     @property
     def pending(self) -> int:
-        return len(self.inflight)
+        """Frames and edits sent and not answered yet (queued edits are not sent)."""
+        return len(self.inflight) - len(self.edits)
 
     def next_message(self, source: Iterator[ImageLike]) -> str:
-        """The next frame's envelope (remembered until answered), or the close message at the end."""
+        """The next edit or frame's envelope (remembered until answered), or the close message at the end."""
+        if self.edits:
+            return self.edits.pop(0)
         frame = next(source, _END)
         if frame is _END:
             self.done = True
@@ -266,6 +337,14 @@ class _Outbox:
         text = json.dumps({"type": "frame", "id": self.next_id, "image": base64.b64encode(_bytes(frame)).decode()})
         self.inflight[self.next_id] = text
         return text
+
+    def edit(self, msg: dict[str, Any]) -> None:
+        """Queue an edit with its id (remembered until answered, like a frame)."""
+        if self.done:
+            raise LWLError(400, "stream_ended", "the stream has sent its last frame: edit over REST instead")
+        self.next_id += 1
+        self.inflight[self.next_id] = text = json.dumps({**msg, "id": self.next_id})
+        self.edits.append(text)
 
     def resume_query(self) -> str:
         return f"&resume_from={self.resume_from}" if self.ready_seen and self.resume_from is not None else ""
@@ -278,11 +357,12 @@ class _Outbox:
             self.resume_from = ready.get("next_seq")
             return []
         accepted = {r.get("id") for r in ready.get("resumed", [])}
-        out = [text for i, text in self.inflight.items() if i not in accepted]
+        queued = set(self.edits)  # not sent yet: they go out in their turn
+        out = [text for i, text in self.inflight.items() if i not in accepted and text not in queued]
         return [*out, json.dumps({"type": "close"})] if self.done else out
 
     def answered(self, msg: dict[str, Any]) -> None:
-        if msg.get("type") in ("result", "error", "skipped"):
+        if msg.get("type") in ("result", "error", "skipped", "corrected", "added", "removed"):
             self.inflight.pop(msg.get("id"), None)
         if isinstance(msg.get("seq"), int):
             self.resume_from = max(self.resume_from or 0, msg["seq"] + 1)
@@ -393,6 +473,11 @@ class Client:
                                     profile=profile)
         return Session(self, _check(self.request("POST", "/v1/sessions", files=files, data=data)))
 
+    def restore(self, state: str | Path | bytes, format: str = "png") -> Session:  # noqa: A002
+        """A new session from a saved one (Session.save, or tracker.export_state() in the library)."""
+        files = {"state": ("s", state if isinstance(state, bytes) else Path(state).read_bytes())}
+        return Session(self, _check(self.request("POST", "/v1/sessions", files=files, data={"format": format})))
+
     def submit_video(self, video: str | Path | bytes, mask: ImageLike | None = None,
                      boxes: dict | None = None, init_frame: int = 0, crop_size: str | None = None,
                      profile: str | None = None) -> JobRef:
@@ -483,13 +568,25 @@ class AsyncSession(_SessionInfo):
         return _check(await self.client.http.delete(f"/v1/sessions/{self.id}/objects/{object_id}",
                                                     headers=self._h))
 
-    async def stream(self, frames: Iterable[ImageLike], mode: str = "all", format: str | None = None,  # noqa: A002
-                     max_inflight: int | None = None, reconnects: int = 5) -> AsyncIterator[dict[str, Any]]:
-        """Async generator of result messages, in frame order; resumes a dropped stream as Session.stream."""
+    async def save(self, path: str | Path) -> Path:
+        """As Session.save, asyncio."""
+        r = await self.client.request("GET", f"/v1/sessions/{self.id}/state", headers=self._h)
+        if r.status_code >= 400:
+            _check(r)
+        Path(path).write_bytes(r.content)
+        return Path(path)
+
+    def stream(self, frames: Iterable[ImageLike], mode: str = "all", format: str | None = None,  # noqa: A002
+               max_inflight: int | None = None, reconnects: int = 5) -> AsyncStream:
+        """`async for` the answers in order, edits with correct/add/remove; resumes as Session.stream."""
+        box = _Outbox(mode, reconnects)
+        return AsyncStream(box, self._messages(box, iter(frames), mode, format, max_inflight))
+
+    async def _messages(self, box: _Outbox, source: Iterator[ImageLike], mode: str, format: str | None,  # noqa: A002
+                        max_inflight: int | None) -> AsyncIterator[dict[str, Any]]:
         from websockets.asyncio.client import connect
         from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
-        box, source = _Outbox(mode, reconnects), iter(frames)
         while True:
             try:
                 async with connect(self.ws_url + _query(mode, format, max_inflight) + box.resume_query(),
@@ -554,6 +651,12 @@ class AsyncClient:
         files, data = _session_form(image, mask, boxes, crop_size=crop_size, model=model, format=format,
                                     profile=profile)
         return AsyncSession(self, _check(await self.request("POST", "/v1/sessions", files=files, data=data)))
+
+    async def restore(self, state: str | Path | bytes, format: str = "png") -> AsyncSession:  # noqa: A002
+        """As Client.restore, asyncio."""
+        blob = state if isinstance(state, bytes) else Path(state).read_bytes()
+        return AsyncSession(self, _check(await self.request("POST", "/v1/sessions", files={"state": ("state", blob)},
+                                                            data={"format": format})))
 
     async def submit_video(self, video: str | Path | bytes, mask: ImageLike | None = None,
                            boxes: dict | None = None, init_frame: int = 0,

@@ -19,9 +19,11 @@ log = logging.getLogger("lwl.api")
 RETRY_OPS = ("worker_full", "worker_lost")  # a new session goes to the next worker on these
 
 
-def serves(worker: dict[str, Any], model: str) -> bool:
-    """Whether a worker's heartbeat lists `model` among the models it serves (its default or another)."""
-    return worker.get("model") == model or any(m.get("name") == model for m in worker.get("models", []))
+def serves(worker: dict[str, Any], model: str, weights: str | None = None) -> bool:
+    """Whether a worker's heartbeat lists `model` among the models it serves (its default or another), with
+    `weights` if given: a saved state continues only on the weights that made it."""
+    served = worker.get("models") or [{"name": worker.get("model"), "weights": worker.get("weights")}]
+    return any(m.get("name") == model and (not weights or m.get("weights") == weights) for m in served)
 
 
 class Placement:
@@ -35,11 +37,11 @@ class Placement:
         """How long a client waits before it asks again for a worker: two heartbeats."""
         return {"Retry-After": str(max(1, int(self.s.heartbeat_s * 2)))}
 
-    async def candidates(self, model: str | None = None) -> list[dict[str, Any]]:
-        """Live workers with room, most free capacity first."""
+    async def candidates(self, model: str | None = None, weights: str | None = None) -> list[dict[str, Any]]:
+        """Live workers with room (of `model`, with `weights` if given), most free capacity first."""
         ws = [w for w in await self.b.live_workers() if w.get("free", 0) > 0 and not w.get("draining")]
         if model:
-            ws = [w for w in ws if serves(w, model)]
+            ws = [w for w in ws if serves(w, model, weights)]
         return sorted(ws, key=lambda w: (-w["free"], w.get("memory_bytes", 0)))
 
     async def check_served(self, model: str | None) -> None:
@@ -82,17 +84,18 @@ class Placement:
         await self.b.send_work(wid, *pack({"op": "adopt", "sid": sid}))
 
     async def place(self, sid: str, record: dict[str, str], model: str | None, header: dict[str, Any],
-                    *blobs: bytes) -> tuple[str, dict]:
-        """A new session on the live worker with the most room (of `model`, if given): its record names
-        the worker, which then creates it; a full or lost worker passes it to the next one. Returns the
-        worker and its answer."""
+                    *blobs: bytes, weights: str | None = None) -> tuple[str, dict]:
+        """A new session on the live worker with the most room (of `model` and `weights`, if given): its
+        record names the worker, which then creates it; a full or lost worker passes it to the next one.
+        Returns the worker and its answer."""
         tried: set[str] = set()
         while True:
-            cands = [w for w in await self.candidates(model) if w["id"] not in tried]
+            cands = [w for w in await self.candidates(model, weights) if w["id"] not in tried]
             if not cands:
                 live = await self.b.live_workers()
-                if model and not tried and live and not any(serves(w, model) for w in live):
-                    raise ServiceError(400, "unknown_model", f"no live worker serves model {model!r}")
+                if model and not tried and live and not any(serves(w, model, weights) for w in live):
+                    raise ServiceError(400, "unknown_model", f"no live worker serves model {model!r}"
+                                       + (f" with weights {weights}" if weights else ""))
                 raise ServiceError(503, "no_capacity", "no worker has room for a new session; retry later",
                                    headers=self.retry_after())
             wid = cands[0]["id"]

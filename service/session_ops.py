@@ -20,11 +20,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from model.api import object_ids, read_label_png
+from model.errors import InputError
 from service import obs
 from service.backends import STORE_ERRORS, Answer, Commit, id_order
-from service.checks import check_count
+from service.checks import check_count, check_state
 from service.codec import frame_bytes, pack, parse_frame_bytes, unpack
 from service.compute import decode_frame, encode_message, result_of, timed_model
+from service.edits import apply_edit, is_edit
 from service.errors import ServiceError
 from service.settings import parse_crop
 
@@ -236,7 +238,10 @@ class SessionOps:
             if seq in hs.recent:
                 hs.frame_id = eid
                 continue
-            [out] = await self.w.run(self.w.compute_frames, [(hs, eid, seq, blobs[0], h.get("fmt", "png"))])
+            if is_edit(h):  # an edit of a stream: at its place among the frames, as the first time
+                out = await self.w.run(apply_edit, self, sid, hs, eid, seq, h, blobs)
+            else:
+                [out] = await self.w.run(self.w.compute_frames, [(hs, eid, seq, blobs[0], h.get("fmt", "png"))])
             replayed += 1
             if seq > published or h.get("req"):
                 answers.append(self.answer(out, sid, seq, h.get("req"), h.get("id")))
@@ -338,8 +343,7 @@ class SessionOps:
     async def create(self, h: dict[str, Any], blobs: list[bytes]) -> Done:
         """A new session: the first frame stepped with its objects, snapshotted at once."""
         sid, w = h["sid"], self.w
-        if w.draining or len(w.sessions) >= w.s.max_sessions_per_worker:
-            raise ServiceError(503, "worker_full", f"worker {w.id} has no free session slot")
+        self._has_slot()
         model = w.model_for(h.get("model"))
         crop = self.crop(h.get("crop_size"))
         fmt = h.get("fmt", "png")
@@ -359,6 +363,44 @@ class SessionOps:
         log.info("session created", extra={"session_id": sid, "worker_id": w.id})
         await w.health.heartbeat()
         return out, self.commit(sid, hs, [], snap, worker=w.id, state="active")
+
+    def _has_slot(self) -> None:
+        if self.w.draining or len(self.w.sessions) >= self.w.s.max_sessions_per_worker:
+            raise ServiceError(503, "worker_full", f"worker {self.w.id} has no free session slot")
+
+    async def restore(self, h: dict[str, Any], blobs: list[bytes]) -> Done:
+        """A new session from a saved tracker state (POST /v1/sessions with `state`): its header checked as
+        the api checks it, its crop and size admitted, then restored (model, weights and payload checked by
+        Model.restore_tracker) and snapshotted at once. Its answer is the state's last result."""
+        sid, w = h["sid"], self.w
+        self._has_slot()
+        head = check_state(blobs[0], w.s.max_frame_pixels, w.s.max_objects)
+        crop = self.crop("x".join(map(str, head["crop_hw"])))
+        self.admit(tuple(head["frame_hw"]), len(head["objects"]), crop)
+        model = w.model_for(head["model"])  # the state names the model that made it
+
+        def restore() -> tuple[HeldSession, dict[str, Any], bytes]:
+            try:
+                tracker = model.restore_tracker(blobs[0])
+            except InputError as e:
+                raise ServiceError(400, "bad_state", str(e)) from None
+            hs = HeldSession(tracker=tracker, last_seq=0)
+            return hs, result_of(tracker.result, h.get("fmt", "png")), hs.take_snapshot()
+
+        hs, out, snap = await w.run(restore)
+        w.sessions[sid] = hs
+        log.info("session restored from a saved state", extra={"session_id": sid, "worker_id": w.id})
+        await w.health.heartbeat()
+        return out, self.commit(sid, hs, [], snap, worker=w.id, state="active")
+
+    async def state(self, h: dict[str, Any], blobs: list[bytes]) -> Done:
+        """GET /v1/sessions/{id}/state: a snapshot now, after the frames and edits read before this op; the
+        api hands out the tracker state it holds."""
+        sid = h["sid"]
+        hs = await self.held(sid)
+        await hs.settled()
+        snap = await self.w.run(hs.take_snapshot)
+        return {"type": "state", "bytes": len(snap)}, self.commit(sid, hs, [], snap)
 
     async def _control(self, h: dict[str, Any], call: Callable[[Any], dict[str, Any]]) -> Done:
         """add/correct/remove: the call on the tracker, then a snapshot (the replay log holds frames only)."""

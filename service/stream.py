@@ -17,18 +17,19 @@ from fastapi import WebSocket, WebSocketDisconnect
 
 from service import obs
 from service.backends import STORE_ERRORS, Result
-from service.checks import MASK_FORMATS, check_image
+from service.checks import MASK_FORMATS, check_image, session_hw
 from service.codec import pack, splice
 from service.deps import Service
 from service.errors import ServiceError
-from service.stream_messages import BadMessage, ClientClosed, Incoming, parse_text
+from service.stream_messages import EDIT_MAGIC, BadMessage, ClientClosed, Incoming, parse_binary, parse_text
 
 log = logging.getLogger("lwl.api")
 WS_CLOSE = {"bad_message": 4400, "missing_token": 4401, "wrong_token": 4403, "unknown_session": 4404,
             "stream_replaced": 4409, "session_ended": 4410, "no_worker": 4503, "internal": 1011,
             "store_down": 1013}
 READ_AHEAD, READ_AHEAD_BYTES = 256, 32 << 20  # frames a stream reads ahead of the worker at most, and bytes
-Held = tuple[float, Any, bytes]  # a frame not sent yet: receipt time, client id, bytes
+Held = tuple[float, Any, bytes, "dict[str, Any] | None"]  # not sent yet: receipt time, client id, bytes, edit op
+ANSWERS = ("result", "corrected", "added", "removed")  # answers that count in the end-to-end latency
 
 
 class StreamClose(Exception):
@@ -64,6 +65,7 @@ class StreamHandler:
         self.backlog_bytes = 0
         self.pump_lock = asyncio.Lock()
         self.fmt, self.mode, self.limit, self.last_id = "png", "all", 1, "0"
+        self.hw: tuple[int, int] | None = None  # the session's frame size: an edit's mask must have it
 
     async def close(self, code: int, reason: str) -> None:
         if not self.closed:
@@ -133,7 +135,7 @@ class StreamHandler:
                 await self.send({"type": "error", "code": e.code, "detail": e.detail})
             await self.close(WS_CLOSE.get(e.code, 4400), e.detail)
             return False
-        self.mode = mode
+        self.mode, self.hw = mode, session_hw(meta)
         self.limit = max(1, min(inflight or s.max_inflight_frames, s.max_inflight_frames))
         try:
             self.owner = await self.svc.place.owner(self.sid, meta)
@@ -204,15 +206,14 @@ class StreamHandler:
 
     # ------------------------------------------------------------------ frames in
     async def _receive(self) -> None:
-        """Read client messages; bounded in-flight frames (all: queue a bounded read-ahead, then wait;
-        latest: keep only the newest). Reading ahead keeps the socket moving, so a sender that does not wait
-        for answers still gets its keepalive pings answered; past READ_AHEAD the socket waits (TCP
-        backpressure). Ends when the client says `close`."""
+        """Read client messages; bounded in-flight frames and edits (all: queue a bounded read-ahead, then
+        wait; latest: keep only the newest frame, every edit). Reading ahead keeps the socket moving, so a
+        sender that does not wait for answers still gets its keepalive pings answered; past READ_AHEAD the
+        socket waits (TCP backpressure). Ends when the client says `close`."""
         while True:
-            if self.mode == "all":
-                while self.backlog and (self.backlog_bytes >= READ_AHEAD_BYTES or len(self.backlog) >= READ_AHEAD):
-                    self.slot.clear()
-                    await self.slot.wait()
+            while self.backlog and (self.backlog_bytes >= READ_AHEAD_BYTES or len(self.backlog) >= READ_AHEAD):
+                self.slot.clear()
+                await self.slot.wait()
             msg = await self.ws.receive()
             if msg["type"] == "websocket.disconnect":
                 raise WebSocketDisconnect(msg.get("code", 1000))
@@ -227,46 +228,60 @@ class StreamHandler:
                 await self._accept(time.perf_counter(), incoming)
 
     async def _incoming(self, msg: dict[str, Any]) -> Incoming | None:
-        """A binary message is a frame; a text message is handled by its model (service.stream_messages)."""
+        """A binary message is a frame, or an edit when it starts with EDIT_MAGIC; a text message is handled
+        by its model (service.stream_messages)."""
         if msg.get("bytes") is not None:
+            if msg["bytes"][: len(EDIT_MAGIC)] == EDIT_MAGIC:
+                return await parse_binary(msg["bytes"]).handle(self)
             return Incoming(msg["bytes"])
         return await parse_text(msg.get("text")).handle(self)
 
     async def _accept(self, t0: float, frame: Incoming) -> None:
-        """A frame's size and image header (an `error` message if refused), then into the read-ahead (or,
-        in mode latest with max_inflight pending, held as the newest, skipping the one held before)."""
-        s = self.svc.s
-        try:
-            if len(frame.data) > s.max_upload_bytes:
-                raise ServiceError(413, "upload_too_large", "frame larger than LWL_MAX_UPLOAD_MB")
-            check_image(frame.data, s.max_frame_pixels, "frame")
-        except ServiceError as e:
-            obs.ERRORS.labels(e.code).inc()
-            await self.send({"type": "error", "status": e.status, "code": e.code, "detail": e.detail,
-                             "id": frame.client_id})
-            return
-        if self.mode == "latest" and len(self.inflight) >= self.limit:
+        """A frame's size and image header (an `error` message if refused; an edit's were checked by its
+        model), then into the read-ahead (or, in mode latest with max_inflight pending, a frame is held as
+        the newest, skipping the one held before; an edit is never skipped: it queues after the held frame)."""
+        if frame.head is None:
+            s = self.svc.s
+            try:
+                if len(frame.data) > s.max_upload_bytes:
+                    raise ServiceError(413, "upload_too_large", "frame larger than LWL_MAX_UPLOAD_MB")
+                check_image(frame.data, s.max_frame_pixels, "frame")
+            except ServiceError as e:
+                obs.ERRORS.labels(e.code).inc()
+                await self.send({"type": "error", "status": e.status, "code": e.code, "detail": e.detail,
+                                 "id": frame.client_id})
+                return
+        held: Held = (t0, frame.client_id, frame.data, frame.head)
+        if self.mode == "latest" and frame.head is None and (self.backlog or len(self.inflight) >= self.limit):
             if self.waiting is not None:
                 await self.send({"type": "skipped", "id": self.waiting[1]})
-            self.waiting = (t0, frame.client_id, frame.data)
+            self.waiting = held
             return
-        self.backlog.append((t0, frame.client_id, frame.data))
+        if self.waiting is not None:  # an edit after a held frame: it applies after that frame
+            self.backlog.append(self.waiting)
+            self.backlog_bytes += len(self.waiting[2])
+            self.waiting = None
+        self.backlog.append(held)
         self.backlog_bytes += len(frame.data)
         await self._pump()
 
     async def _pump(self) -> None:
-        """Frames read ahead go to the session, in order, while fewer than max_inflight are at the worker.
-        One pump at a time: the receiver and the relay both call it, and seqs must follow the order read."""
+        """Frames and edits read ahead go to the session, in order, while fewer than max_inflight are at the
+        worker, then the held newest frame (mode latest). One pump at a time: the receiver and the relay
+        both call it, and seqs must follow the order read."""
         async with self.pump_lock:
-            while self.backlog and len(self.inflight) < self.limit:
-                t0, client_id, data = self.backlog.popleft()
-                self.backlog_bytes -= len(data)
-                await self._submit(t0, client_id, data)
+            while len(self.inflight) < self.limit and (self.backlog or self.waiting):
+                if self.backlog:
+                    held = self.backlog.popleft()
+                    self.backlog_bytes -= len(held[2])
+                else:
+                    held, self.waiting = self.waiting, None
+                await self._submit(*held)
 
-    async def _submit(self, t0: float, client_id: Any, data: bytes) -> None:
-        """One round trip: the frame goes into the session's frames stream, numbered by the next seq.
-        No worker lookup: the owner reads that stream (and it is the replay log if the owner dies)."""
-        head: dict[str, Any] = {"op": "frame", "fmt": self.fmt}
+    async def _submit(self, t0: float, client_id: Any, data: bytes, edit: dict[str, Any] | None = None) -> None:
+        """One round trip: the frame or edit goes into the session's frames stream, numbered by the next
+        seq. No worker lookup: the owner reads that stream (and it is the replay log if the owner dies)."""
+        head: dict[str, Any] = {**(edit or {"op": "frame"}), "fmt": self.fmt}
         if client_id is not None:  # the worker echoes it: a resumed stream still knows which frame it was
             head["id"] = client_id
         h, body = pack(head, data)
@@ -299,15 +314,12 @@ class StreamHandler:
         """Send one answer: the worker's JSON text plus the client's id and the latency (spliced in)."""
         t0, _ = self.inflight.pop(r.seq)
         extra: dict[str, Any] = {}  # the client's id is in the worker's text already
-        if r.kind == "result":
+        if r.kind in ANSWERS:
             dt = time.perf_counter() - t0
             obs.LATENCY.labels("end_to_end").observe(dt)
             extra["latency_ms"] = round(dt * 1000, 3)
         async with self.send_lock:
             await self.ws.send_text(splice(r.body, extra).decode())
-        if self.waiting is not None and len(self.inflight) < self.limit:
-            w, self.waiting = self.waiting, None
-            await self._submit(*w)
         await self._pump()
         self.slot.set()
 

@@ -31,6 +31,7 @@ from service import obs
 from service.backends import STORE_ERRORS, Backend, Input, id_order
 from service.codec import unpack
 from service.compute import decode_frame, encode_message, error_message, timed_model
+from service.edits import apply_edit, is_edit
 from service.errors import ServiceError
 from service.lanes import LaneScheduler, Queued
 from service.session_ops import Done, HeldSession, SessionOps
@@ -189,8 +190,10 @@ class Worker:
             "id": self.id, "sessions": n, "max_sessions": self.s.max_sessions_per_worker,
             "free": 0 if self.draining else max(0, self.s.max_sessions_per_worker - n),
             "memory_bytes": obs.device_memory_bytes(), "device": self.device,
-            "model": getattr(self.model, "name", ""), "draining": self.draining,
-            "models": [{"name": getattr(m, "name", n), "box_init": bool(getattr(m, "has_box_encoder", False)),
+            "model": getattr(self.model, "name", ""), "weights": getattr(self.model, "weights_hash", ""),
+            "draining": self.draining,
+            "models": [{"name": getattr(m, "name", n), "weights": getattr(m, "weights_hash", ""),
+                        "box_init": bool(getattr(m, "has_box_encoder", False)),
                         "crop_size": "x".join(str(v) for v in getattr(m, "default_crop_size", ()))}
                        for n, m in self.models.items()],
             "box_init": bool(getattr(self.model, "has_box_encoder", False)),
@@ -293,6 +296,12 @@ class Worker:
     async def _op_adopt(self, h: dict[str, Any], blobs: list[bytes]) -> Done:
         return await self.ops.adopt(h, blobs)
 
+    async def _op_restore(self, h: dict[str, Any], blobs: list[bytes]) -> Done:
+        return await self.ops.restore(h, blobs)
+
+    async def _op_state(self, h: dict[str, Any], blobs: list[bytes]) -> Done:
+        return await self.ops.state(h, blobs)
+
     async def _op_ping(self, h: dict[str, Any], blobs: list[bytes]) -> Done:
         return {"type": "pong"}, None
 
@@ -314,15 +323,22 @@ class Worker:
                 todo.append(q)
         if not todo:
             return
-        work = [(q.hs, q.eid, int(q.header["seq"]), q.blobs[0], q.header.get("fmt", "png")) for q in todo]
-        if threads:
-            outs = await asyncio.get_running_loop().run_in_executor(self.lanes, self.compute_frames, work, threads)
+        frames = [q for q in todo if not is_edit(q.header)]
+        work = [(q.hs, q.eid, int(q.header["seq"]), q.blobs[0], q.header.get("fmt", "png")) for q in frames]
+        outs: dict[int, dict[str, Any]] = {}
+        if work and threads:
+            computed = await asyncio.get_running_loop().run_in_executor(self.lanes, self.compute_frames, work, threads)
         else:
-            outs = await self.run(self.compute_frames, work)
-        for q, out in zip(todo, outs, strict=True):
+            computed = await self.run(self.compute_frames, work) if work else []
+        outs.update(zip(map(id, frames), computed, strict=True))
+        for q in todo:  # an edit: alone on its session in this round, so in order with its frames
+            if is_edit(q.header):
+                outs[id(q)] = await self.run(apply_edit, self.ops, q.sid, q.hs, q.eid, int(q.header["seq"]),
+                                             q.header, q.blobs)
+        for q in todo:
             h = q.header
-            await self.ops.publish_frame(q.sid, q.hs, self.ops.answer(out, q.sid, int(h["seq"]), h.get("req", ""),
-                                                                      h.get("id")))
+            await self.ops.publish_frame(q.sid, q.hs, self.ops.answer(outs[id(q)], q.sid, int(h["seq"]),
+                                                                      h.get("req", ""), h.get("id")))
         for q in todo:
             await self.ops.snapshot_if_due(q.sid, q.hs)
 

@@ -22,12 +22,16 @@ from service.checks import (
     check_image,
     check_mask,
     check_objects,
+    check_size,
+    check_state,
+    check_tracked,
     model_name,
     parse_boxes,
     read_upload,
     session_hw,
     token_digest,
 )
+from service.codec import parse_frame_bytes
 from service.deps import BoxesForm, Svc, Token
 from service.errors import ERRORS, ServiceError
 from service.schemas import FrameResultOut, SessionCreated, SessionInfo
@@ -41,7 +45,7 @@ log = logging.getLogger("lwl.api")
 async def create_session(
     request: Request,
     svc: Svc,
-    image: Annotated[UploadFile, File(description="initial frame, JPEG or PNG")],
+    image: Annotated[UploadFile | None, File(description="initial frame, JPEG or PNG")] = None,
     mask: Annotated[UploadFile | None, File(description="indexed PNG label map (0 = background)")] = None,
     boxes: BoxesForm = None,
     crop_size: Annotated[str | None, Form(description="e.g. 240x432; default: model's")] = None,
@@ -49,32 +53,72 @@ async def create_session(
     profile: Annotated[str | None, Form(description="bundled model profile: fast (the default) or accurate; "
                                         "the same as naming it in `model`")] = None,
     format: Annotated[str, Form(description="mask format of results: png or rle")] = "png",  # noqa: A002
+    state: Annotated[UploadFile | None, File(description="a saved session (GET /v1/sessions/{id}/state) "
+                                                         "instead of image and mask or boxes")] = None,
 ) -> dict[str, Any]:
-    """Create a session from an initial frame and a mask or boxes per object."""
+    """Create a session from an initial frame and a mask or boxes per object, or from a saved state."""
     s = svc.s
+    check_format(format)
+    model = model_name(profile, model)
+    if state is not None:
+        if image is not None or mask is not None or boxes or crop_size:
+            raise ServiceError(400, "bad_state", "give a state alone, or an image with a mask or boxes")
+        return await _create_from_state(request, svc, state, model, format)
+    if image is None:
+        raise ServiceError(400, "bad_image", "give an image (with a mask or boxes) or a saved state")
     img = await read_upload(image, s.max_upload_bytes, "image")
     mdata = await read_upload(mask, s.max_upload_bytes, "mask")
     if mask is not None and not mdata:
         raise ServiceError(400, "bad_mask", "mask file is empty")
-    check_format(format)
     check_crop(crop_size)
-    model = model_name(profile, model)
     hw = check_image(img or b"", s.max_frame_pixels)
     bx = parse_boxes(boxes)
     check_objects(hw, mdata, bx, s.max_frame_pixels, s.max_objects)
-    sid, token = uuid.uuid4().hex, secrets.token_urlsafe(24)
+    sid = uuid.uuid4().hex
     await svc.admit(request, "sessions", sid)
-    now = f"{time.time():.3f}"
-    record = {"id": sid, "token_sha256": token_digest(token), "state": "creating", "created": now,
-              "last_active": now, "frames": "0", "objects": "[]", "crop_size": crop_size or "", "format": format,
-              "seq_next": "0", "ttl_s": str(s.session_ttl_s), "height": str(hw[0]), "width": str(hw[1]),
-              "api_key": getattr(request.state, "api_key", None) or ""}  # LWL_API_KEYS: who creates it
+    record, token = _record(request, svc, sid, hw, crop_size or "", format)
     header = {"op": "create", "sid": sid, "crop_size": crop_size or "", "model": model or "", "fmt": format,
               "boxes": boxes_header(bx)}
     wid, out = await svc.place.place(sid, record, model, header, img or b"", mdata or b"")
     log.info("session created", extra={"session_id": sid, "worker_id": wid})
+    return _created(request, svc, sid, token, wid, out)
+
+
+def _record(request: Request, svc: Any, sid: str, hw: tuple[int, int] | list[int], crop: str, fmt: str,
+            objects: list[int] | None = None, frames: int = 0) -> tuple[dict[str, str], str]:
+    """A new session's record in the store and its token (the record keeps a digest of it only)."""
+    token, now = secrets.token_urlsafe(24), f"{time.time():.3f}"
+    return {"id": sid, "token_sha256": token_digest(token), "state": "creating", "created": now,
+            "last_active": now, "frames": str(frames), "objects": json.dumps(objects or []), "crop_size": crop,
+            "format": fmt, "seq_next": "0", "ttl_s": str(svc.s.session_ttl_s),
+            "height": str(hw[0]), "width": str(hw[1]),
+            "api_key": getattr(request.state, "api_key", None) or ""}, token  # LWL_API_KEYS: who creates it
+
+
+def _created(request: Request, svc: Any, sid: str, token: str, wid: str, out: dict[str, Any]) -> dict[str, Any]:
     return {"session_id": sid, "token": token, "ws_url": svc.ws_url(request, sid, token), "worker_id": wid,
             "objects": out["objects"], "result": out}
+
+
+async def _create_from_state(request: Request, svc: Any, state: UploadFile, model: str | None,
+                             fmt: str) -> dict[str, Any]:
+    """A session from a saved tracker state: read within the session state limit, its header checked
+    (service.checks.check_state), placed on a worker of the model and weights that made it, which
+    restores it (and checks the rest)."""
+    s = svc.s
+    blob = await read_upload(state, s.max_session_state_bytes, "state", "LWL_MAX_SESSION_STATE_MB",
+                             "state_too_large") or b""
+    head = check_state(blob, s.max_frame_pixels, s.max_objects)
+    if model and model != head["model"]:
+        raise ServiceError(400, "bad_state", f"the state is of model {head['model']!r}, not {model!r}")
+    sid = uuid.uuid4().hex
+    await svc.admit(request, "sessions", sid)
+    crop = "x".join(map(str, head["crop_hw"]))
+    record, token = _record(request, svc, sid, head["frame_hw"], crop, fmt, head["objects"], head["frame_index"] + 1)
+    header = {"op": "restore", "sid": sid, "fmt": fmt}
+    wid, out = await svc.place.place(sid, record, head["model"], header, blob, weights=head["weights"])
+    log.info("session created from a saved state", extra={"session_id": sid, "worker_id": wid})
+    return _created(request, svc, sid, token, wid, out)
 
 
 @router.get("/v1/sessions/{sid}", response_model=SessionInfo, responses=ERRORS)
@@ -87,6 +131,24 @@ async def get_session(sid: str, svc: Svc, token: Token) -> SessionInfo:
         created=float(meta.get("created", "0")), last_active=float(meta.get("last_active", "0")),
         ttl_s=svc.s.session_ttl_s, crop_size=meta.get("crop_size", ""), model=meta.get("model", ""),
     )
+
+
+@router.get("/v1/sessions/{sid}/state", responses={**ERRORS, 200: {
+    "content": {"application/octet-stream": {}},
+    "description": "the tracker state (Tracker.export_state bytes): POST it to /v1/sessions as `state`, or "
+                   "restore it in the library with model.restore_tracker(bytes)"}})
+async def get_state(sid: str, svc: Svc, token: Token) -> Response:
+    """Save a session: its tracker state after the frames and edits sent before this call."""
+    meta = await svc.session(sid, token)
+    await svc.place.session_rpc(sid, meta, {"op": "state"})
+    snap = await svc.b.get_snapshot(sid)
+    if snap is None:
+        raise ServiceError(404, "unknown_session", f"unknown session {sid} (deleted or expired)")
+    blob = parse_frame_bytes(snap)[1][0]
+    check_size(len(blob), svc.s.max_session_state_bytes, "the session's state", "LWL_MAX_SESSION_STATE_MB",
+               "state_too_large")
+    return Response(blob, media_type="application/octet-stream",
+                    headers={"Content-Disposition": f'attachment; filename="{sid}.lwlstate"'})
 
 
 @router.delete("/v1/sessions/{sid}", status_code=204, responses=ERRORS)
@@ -148,8 +210,7 @@ async def correct(sid: str, svc: Svc, token: Token,
 async def remove_object(sid: str, object_id: int, svc: Svc, token: Token) -> dict[str, Any]:
     """Stop tracking one object."""
     meta = await svc.session(sid, token)
-    if object_id not in json.loads(meta.get("objects", "[]")):
-        raise ServiceError(404, "unknown_object", f"object {object_id} is not tracked in session {sid}")
+    check_tracked(object_id, json.loads(meta.get("objects", "[]")), sid)
     return await svc.place.session_rpc(sid, meta, {"op": "remove", "object_id": object_id})
 
 

@@ -133,7 +133,7 @@ extra_ids.reshape(-1)[: 31 * 10] = np.repeat(np.arange(3, 34, dtype=np.uint8), 1
 too_big_frame = jpeg_bytes(np.full((500, 500, 3), 128, np.uint8))  # 250000 px > LWL_MAX_FRAME_PIXELS here
 
 REST_CASES: dict[str, tuple[Callable[[str, dict], httpx.Response], int, str]] = {
-    "create without image": (_create(mask=MASK), 422, "invalid_request"),
+    "create without image": (_create(mask=MASK), 400, "bad_image"),  # image or a saved state (issue 25)
     "create with junk image": (_create(image=b"junk", mask=MASK), 400, "bad_image"),
     "create with empty image": (_create(image=b"", mask=MASK), 400, "bad_image"),
     "create without objects": (_create(image=FRAME), 400, "no_objects"),
@@ -165,8 +165,8 @@ REST_CASES: dict[str, tuple[Callable[[str, dict], httpx.Response], int, str]] = 
                                     "box_outside_frame"),
     "create with 40 boxes": (_create(image=FRAME, boxes=json.dumps({str(i): [1, 1, 5, 5] for i in range(1, 41)})),
                              400, "too_many_objects"),
-    "create with a JSON body": (lambda url, s: httpx.post(f"{url}/v1/sessions", json={"image": "x"}), 422,
-                                "invalid_request"),
+    "create with a JSON body": (lambda url, s: httpx.post(f"{url}/v1/sessions", json={"image": "x"}), 400,
+                                "bad_image"),
     "session id with path characters": (lambda url, s: httpx.get(f"{url}/v1/sessions/..%2F..%2Fetc%2Fpasswd"), 404,
                                         None),
     "session id not hex": (lambda url, s: httpx.get(f"{url}/v1/sessions/{'z' * 32}", headers={"X-Session-Token": "t"}),

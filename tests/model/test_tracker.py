@@ -136,24 +136,64 @@ def test_box_past_the_frame_edge_is_clipped(model) -> None:
     assert np.array_equal(clipped.objects[2].prob, past.objects[2].prob)
 
 
-def test_restore_refuses_other_versions_and_damaged_states(model) -> None:
+def _resave(blob: bytes, state: dict, **head: object) -> bytes:
+    """A state with its torch payload replaced (and header fields changed)."""
     import io
+    import json
+    import struct
+
+    from model.state_header import pack_state_header, read_state_header
+
+    old, _ = read_state_header(blob)
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    fields = {**old, **head, "payload_bytes": len(buf.getvalue())}
+    out = pack_state_header(fields) + buf.getvalue()
+    if "version" in head:  # pack_state_header writes the current version: put the asked one back
+        text = json.dumps(fields).encode()
+        out = b"LWLSTATE" + struct.pack(">I", len(text)) + text + buf.getvalue()
+    return out
+
+
+def test_restore_refuses_other_versions_models_and_damaged_states(model) -> None:
+    import io
+
+    from model.state_header import read_state_header
 
     tr = model.new_tracker()
     tr.step(frame(0), mask=first_mask())
-    state = torch.load(io.BytesIO(tr.export_state()), weights_only=True)
+    blob = tr.export_state()
+    head, start = read_state_header(blob)
+    assert head["model"] == model.name and head["weights"] == model.weights_hash and head["objects"] == [1, 2]
+    state = torch.load(io.BytesIO(blob[start:]), weights_only=True)
     for version in (1, 99, None):
-        buf = io.BytesIO()
-        torch.save({**state, "version": version}, buf)
         with pytest.raises(InputError, match=f"version {version!r} is not supported"):
-            model.restore_tracker(buf.getvalue())
-    del state["targets"][0]["memory"]["weights"]
+            model.restore_tracker(_resave(blob, state, version=version))
     buf = io.BytesIO()
-    torch.save(state, buf)
-    with pytest.raises(InputError, match="incomplete or damaged"):
+    torch.save(state, buf)  # a bare torch zip: what version 2 wrote
+    with pytest.raises(InputError, match="version 2 or older is not supported"):
         model.restore_tracker(buf.getvalue())
-    with pytest.raises(InputError, match="cannot be read"):
+    with pytest.raises(InputError, match="not of this model"):
+        model.restore_tracker(_resave(blob, state, model="other"))
+    with pytest.raises(InputError, match="not of this model"):
+        model.restore_tracker(_resave(blob, state, weights="0" * 16))
+    with pytest.raises(InputError, match="truncated"):
+        model.restore_tracker(blob[:-10])
+    with pytest.raises(InputError, match="does not match its header"):
+        model.restore_tracker(_resave(blob, state, objects=[1]))
+    del state["targets"][0]["memory"]["weights"]
+    with pytest.raises(InputError, match="incomplete or damaged"):
+        model.restore_tracker(_resave(blob, state))
+    with pytest.raises(InputError, match="not a tracker state"):
         model.restore_tracker(b"not a state")
+
+
+def test_remove_object_returns_the_merged_result(model) -> None:
+    tr = model.new_tracker()
+    tr.step(frame(0), mask=first_mask())
+    res = tr.remove_object(2)
+    assert list(res.objects) == [1] and not (res.labels == 2).any()
+    assert not tr.remove_object(1).labels.any()
 
 
 def test_no_box_encoder_refuses_boxes(tmp_path: Path) -> None:

@@ -41,3 +41,21 @@ def test_text_messages_parse_to_their_model_or_a_bad_message() -> None:
     for text in ("[1]", "not json", ""):
         with pytest.raises(BadMessage, match="must be JSON objects"):
             parse_text(text)
+
+
+def test_binary_edits_parse_to_their_model_with_the_png_after_the_header() -> None:
+    import struct
+
+    from service.stream_messages import AddMessage, CorrectMessage, parse_binary
+
+    def envelope(header: bytes, payload: bytes = b"PNG") -> bytes:
+        return b"LWLM" + struct.pack(">I", len(header)) + header + payload
+
+    msg = parse_binary(envelope(b'{"type": "correct", "id": "c1"}'))
+    assert isinstance(msg, CorrectMessage) and msg.id == "c1" and msg.mask_bytes(None, "c1") == b"PNG"
+    assert isinstance(parse_binary(envelope(b'{"type": "add", "boxes": {"3": [1, 2, 3, 4]}}', b"")), AddMessage)
+    for bad in (b"LWLM", b"LWLM\x00\x00\x00\x40{}", envelope(b'{"type": "remove", "object_id": 1}'),
+                envelope(b'{"type": "frame", "image": ""}'), envelope(b"not json")):
+        with pytest.raises(BadMessage) as e:
+            parse_binary(bad)
+        assert e.value.code == "bad_message", bad

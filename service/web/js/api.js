@@ -148,6 +148,21 @@ export function addObjects(s, maskPng, boxes) {
   return request(`v1/sessions/${encodeURIComponent(s.id)}/objects`, { method: "POST", body: form, token: s.token });
 }
 
+/** GET /v1/sessions/{id}/state: the saved session (tracker state) as a Blob. */
+export async function getState(s) {
+  const r = await fetch(`v1/sessions/${encodeURIComponent(s.id)}/state`, { headers: authHeaders(s.token), cache: "no-store" });
+  if (!r.ok) throw await errorFrom(r);
+  return r.blob();
+}
+
+/** POST /v1/sessions with a saved session (a File from "Open session") instead of a frame and objects. */
+export function createSessionFromState(file) {
+  const form = new FormData();
+  form.append("state", file, "session.lwlstate");
+  form.append("format", "png");
+  return request("v1/sessions", { method: "POST", body: form });
+}
+
 export function removeObject(s, objectId) {
   return request(`v1/sessions/${encodeURIComponent(s.id)}/objects/${objectId}`, { method: "DELETE", token: s.token });
 }
@@ -176,8 +191,8 @@ export function streamUrl(wsUrl, options) {
 }
 
 /**
- * One WebSocket stream of a session. Frames go out as JSON envelopes with an `id`, so every answer
- * (result, error, skipped) names the frame it belongs to, in `mode=latest` too.
+ * One WebSocket stream of a session. Frames and edits go out as JSON envelopes with an `id`, so every answer
+ * (result, error, skipped; corrected, added, removed) names what it belongs to, in `mode=latest` too.
  * Callbacks: onReady(msg), onAnswer(msg), onClose(code, reason).
  */
 export class Stream {
@@ -201,7 +216,7 @@ export class Stream {
       this.ready = true;
       clearTimeout(this.readyTimer);
       this.handlers.onReady(msg);
-    } else if (msg.type === "result" || msg.type === "skipped" || msg.type === "error") {
+    } else if (["result", "skipped", "error", "corrected", "added", "removed"].includes(msg.type)) {
       this.handlers.onAnswer(msg);
     }
   }
@@ -212,6 +227,14 @@ export class Stream {
     const b64 = await blobToBase64(blob);
     if (this.ws.readyState !== WebSocket.OPEN) return false;
     this.ws.send(JSON.stringify({ type: "frame", id, image: b64 }));
+    return true;
+  }
+
+  /** Send one edit ({type: "correct" | "add" | "remove", ...}) with the page's id for it: it applies after the
+   * frames sent before it (docs/API.md, "Edits"). False when the socket has closed. */
+  sendEdit(id, msg) {
+    if (this.ws.readyState !== WebSocket.OPEN) return false;
+    this.ws.send(JSON.stringify({ ...msg, id }));
     return true;
   }
 

@@ -5,6 +5,7 @@ import * as api from "./api.js";
 import { Editor } from "./editor.js";
 import { JobPanel } from "./jobs.js";
 import { cssColour, decodeLabelPng, encodeLabelPng, idsIn, labelsFromImage, setPalette } from "./labels.js";
+import { download, editMessages } from "./live.js";
 import { CameraSource, ImagesSource, VideoFileSource, encodeFrame, snapshot } from "./sources.js";
 import { View } from "./view.js";
 
@@ -41,6 +42,7 @@ const S = {
   compute: null,
   frameIndex: null,
   tags: [],             // object numbers drawn at their boxes
+  liveEdit: false,      // drawing while streaming: the editor is shown over the live frames until sent
   record: params.get("record") === "1",
   results: [],
   sent: [],
@@ -72,7 +74,9 @@ function setPhase(phase) {
   $("btn-pause").disabled = !["streaming", "paused"].includes(phase);
   $("btn-pause").textContent = phase === "paused" ? "Resume" : "Pause";
   $("btn-stop").disabled = !S.session;
-  $("btn-apply").disabled = !(phase === "paused" || phase === "done");
+  $("btn-apply").disabled = !["paused", "done", "streaming"].includes(phase);
+  $("btn-save").disabled = !S.session || !["streaming", "paused", "done"].includes(phase);
+  $("open-state").disabled = !S.source || !!S.session || live;
   $("btn-job").hidden = !(S.source && S.source.kind === "file");
   $("btn-job").disabled = live;
   $("placeholder").hidden = phase !== "idle";
@@ -100,7 +104,7 @@ function updateStatus() {
 // ---------------------------------------------------------------- drawing and the object list
 
 function draw(extra = {}) {
-  const editing = S.phase === "paused" || S.phase === "done" || !S.session;
+  const editing = S.phase === "paused" || S.phase === "done" || !S.session || S.liveEdit;
   const labels = editing ? editor.labels : S.labels;
   const boxes = editor.drag ? { ...editor.boxes, [editor.active]: editor.dragBox() } : editor.boxes;
   view.render(S.still && S.still.bitmap, labels, editing ? boxes : {},
@@ -254,17 +258,40 @@ async function start() {
   if (!painted.length && !boxed.length) {
     return showMessage(S.boxInit ? "drag a box or paint a mask on the frame first" : "paint a mask on the frame first", "info");
   }
+  const mask = painted.length ? await encodeLabelPng(editor.only(painted), editor.width, editor.height) : null;
+  const boxes = Object.fromEntries(boxed.map((id) => [id, editor.boxes[id]]));
+  await begin(() => api.createSession(S.still.blob, mask, boxes, $("crop").value.trim(), $("profile").value), start,
+    { mask, boxes });
+}
+
+/** Open a saved session (a file from "Save session"): it continues on the current source's frames. */
+async function openSession(file) {
+  if (!S.source || !S.still) return showMessage("choose a source first: the saved session continues on its frames", "info");
+  if (S.session) return showMessage("stop the current session first", "info");
+  if (S.source.kind === "camera") await freeze();
+  await begin(() => api.createSessionFromState(file), () => openSession(file), {});
+}
+
+async function saveSession() {
+  if (!S.session) return;
+  try {
+    download(await api.getState(S.session), `session-${S.session.id.slice(0, 8)}.lwlstate`);
+  } catch (err) {
+    showMessage(`the session was not saved: ${api.describeError(err)}`);
+  }
+}
+
+/** A new session (`create` makes it), its first result on screen, then its stream. */
+async function begin(create, retry, { mask = null, boxes = null }) {
   setPhase("starting");
   try {
-    const mask = painted.length ? await encodeLabelPng(editor.only(painted), editor.width, editor.height) : null;
-    const boxes = Object.fromEntries(boxed.map((id) => [id, editor.boxes[id]]));
-    const created = await api.createSession(S.still.blob, mask, boxes, $("crop").value.trim(), $("profile").value);
+    const created = await create();
     S.session = { id: created.session_id, token: created.token, wsUrl: created.ws_url };
     S.objects.clear();
     S.counts = { sent: 0, answered: 0, skipped: 0, errors: 0 };
     S.results.length = 0;
     S.sent.length = 0;
-    if (S.record) S.sent.push({ id: 0, blob: S.still.blob, mask, boxes });
+    if (S.record && S.still.blob) S.sent.push({ id: 0, blob: S.still.blob, mask, boxes });
     S.sourceDone = false;
     S.resumeFrom = null;
     S.frameIndex = created.result.frame_index;
@@ -274,7 +301,7 @@ async function start() {
   } catch (err) {
     S.session = null;
     setPhase("preview");
-    showMessage(`the session did not start: ${api.describeError(err)}`, "error", [{ label: "Retry", run: start }]);
+    showMessage(`the session did not start: ${api.describeError(err)}`, "error", [{ label: "Retry", run: retry }]);
   }
 }
 
@@ -302,14 +329,15 @@ async function onReady(msg) {
   if (msg.resumed) {
     const accepted = new Set(msg.resumed.map((r) => r.id));
     for (const [id, entry] of S.inflight) {  // in the order sent: the accepted ones come first
-      if (!accepted.has(id) && !(await S.stream.send(id, entry.blob))) return;
+      if (accepted.has(id)) continue;
+      if (!(entry.edit ? S.stream.sendEdit(id, entry.edit) : await S.stream.send(id, entry.blob))) return;
     }
   }
   pump();
 }
 
 function dropInflight() {
-  for (const e of S.inflight.values()) e.bitmap.close();
+  for (const e of S.inflight.values()) if (e.bitmap) e.bitmap.close();
   S.inflight.clear();
 }
 
@@ -356,10 +384,11 @@ async function showResult(bitmap, result) {
   S.labels = labels;
   S.objects = new Map(result.objects.map((o) => [o.id, { score: o.score, box: o.box }]));
   S.frameIndex = result.frame_index;
-  if (S.record) S.results.push({ seq: result.seq, frame_index: result.frame_index, labels: result.labels, id: result.id,
+  if (S.record) S.results.push({ type: result.type, seq: result.seq, frame_index: result.frame_index, labels: result.labels, id: result.id,
     objects: result.objects.map(({ id, box, score, area }) => ({ id, box, score, area })) });
   S.tags = result.objects.filter((o) => o.box).map((o) => ({ id: o.id, x: o.box[0], y: o.box[1] }));
-  view.render(bitmap, labels, {}, { tags: S.tags });
+  if (S.liveEdit) draw(); // the edits being drawn stay on screen over the new frame
+  else view.render(bitmap, labels, {}, { tags: S.tags });
   renderObjects();
 }
 
@@ -369,7 +398,10 @@ async function onAnswer(msg) {
   S.inflight.delete(msg.id);
   S.lastAnswerAt = performance.now();
   if (Number.isInteger(msg.seq)) S.resumeFrom = Math.max(S.resumeFrom ?? 0, msg.seq + 1);
-  if (msg.type === "result") {
+  if (entry.edit) {
+    if (msg.type === "error") showMessage(`the edit was not applied: ${msg.detail} [${msg.code}]`, "error");
+    else await showResult(S.still.bitmap, msg); // the merged result of the frame on screen after the edit
+  } else if (msg.type === "result") {
     S.counts.answered += 1;
     S.answerTimes.push(performance.now());
     S.latency = msg.latency_ms;
@@ -446,7 +478,8 @@ function pause() {
 
 function enterPaused() {
   setPhase("paused");
-  editor.reset(S.still.bitmap.width, S.still.bitmap.height, S.labels);
+  if (!S.liveEdit) editor.reset(S.still.bitmap.width, S.still.bitmap.height, S.labels); // else: keep the drawing
+  S.liveEdit = false;
   renderObjects();
   draw();
 }
@@ -469,7 +502,25 @@ async function resume() {
   pump();
 }
 
-/** Paused: painted pixels of tracked ids -> corrections; new ids -> added objects. */
+/** Streaming: the edits go into the stream without pausing; each applies after the frames sent so far. */
+async function sendLiveEdits(edits) {
+  for (const msg of await editMessages(editor, edits)) sendEdit(msg);
+  S.liveEdit = false;
+  editor.reset(editor.width, editor.height, S.labels);
+  showMessage("edits sent in the stream: they apply from the next frame on", "info");
+  renderObjects();
+  draw();
+  return true;
+}
+
+/** One edit in flight, like a frame: answered in order, sent again by Reconnect if the stream drops first. */
+function sendEdit(msg) {
+  const id = ++S.nextId;
+  S.inflight.set(id, { bitmap: null, t: performance.now(), edit: msg });
+  return S.stream.sendEdit(id, msg);
+}
+
+/** Paused: painted pixels of tracked ids -> corrections; new ids -> added objects (streaming: in the stream). */
 async function applyEdits() {
   if (!S.session) return true;
   const tracked = trackedIds();
@@ -483,6 +534,7 @@ async function applyEdits() {
     showMessage("nothing to send: paint on a tracked object to correct it, or draw a new one", "info");
     return false;
   }
+  if (S.phase === "streaming" && S.stream) return sendLiveEdits({ corrected, painted, boxed });
   const w = editor.width, h = editor.height;
   try {
     if (corrected.length) {
@@ -509,7 +561,9 @@ async function applyEdits() {
 }
 
 async function removeObject(id) {
-  if (S.session && S.objects.has(id)) {
+  if (S.session && S.objects.has(id) && S.phase === "streaming" && S.stream) {
+    sendEdit({ type: "remove", object_id: id }); // answered with `removed`: the merged result without it
+  } else if (S.session && S.objects.has(id)) {
     try {
       const res = await api.removeObject(S.session, id); // {"type": "removed", "objects": [ids still tracked]}
       const left = new Set(res.objects);
@@ -530,6 +584,7 @@ async function removeObject(id) {
 async function stopSession() {
   const s = S.session;
   S.session = null;
+  S.liveEdit = false;
   if (S.stream) { S.stream.close(); S.stream = null; }
   dropInflight();
   S.objects.clear();
@@ -570,9 +625,13 @@ async function submitJob() {
 
 function bindCanvas() {
   const cv = $("view");
-  const editable = () => ["preview", "paused", "done"].includes(S.phase) && editor.ready;
+  const editable = () => ["preview", "paused", "done", "streaming"].includes(S.phase) && (editor.ready || S.phase === "streaming");
   cv.addEventListener("pointerdown", async (ev) => {
     if (!editable()) return;
+    if (S.phase === "streaming" && !S.liveEdit && S.still && S.still.bitmap) { // draw on the live view: no pause
+      S.liveEdit = true;
+      editor.reset(S.still.bitmap.width, S.still.bitmap.height, S.labels);
+    }
     if (S.source && S.source.kind === "camera" && !S.frozen && S.phase === "preview") await freeze();
     cv.setPointerCapture(ev.pointerId);
     editor.down(view.toPixel(ev));
@@ -601,8 +660,11 @@ function bindControls() {
   $("btn-job").addEventListener("click", submitJob);
   $("btn-new-object").addEventListener("click", newObject);
   $("btn-apply").addEventListener("click", applyEdits);
+  $("btn-save").addEventListener("click", saveSession);
+  $("open-state").addEventListener("change", (ev) => { if (ev.target.files[0]) openSession(ev.target.files[0]); ev.target.value = ""; });
   $("btn-clear").addEventListener("click", () => {
     editor.clear();
+    S.liveEdit = false;
     if (S.source && S.source.kind === "camera" && S.phase === "preview") S.frozen = false;
     setPhase(S.phase);
     renderObjects();
