@@ -20,8 +20,6 @@ retried when the answer is 503 or 429 with a Retry-After header, a few times and
 from __future__ import annotations
 
 import asyncio
-import base64
-import io
 import json
 import time
 from collections.abc import AsyncIterator, Iterable, Iterator
@@ -31,38 +29,19 @@ from typing import Any
 
 import httpx
 import numpy as np
-from PIL import Image
 
+from service.client_stream import (  # noqa: F401 - re-exported: the SDK's public names live in service.client
+    AsyncStream,
+    ImageLike,
+    LWLError,
+    Outbox,
+    Stream,
+    image_bytes,
+    ready_message,
+    stream_query,
+    window_size,
+)
 from service.codec import labels_from_result
-
-ImageLike = bytes | str | Path | np.ndarray
-
-
-class LWLError(Exception):
-    """A 4xx/5xx answer: status, machine code and the server's sentence."""
-
-    def __init__(self, status: int, code: str, detail: str) -> None:
-        super().__init__(f"{status} {code}: {detail}")
-        self.status, self.code, self.detail = status, code, detail
-
-
-def _bytes(x: ImageLike, label: bool = False) -> bytes:
-    """Files are sent as they are (bit-identical decode on the worker); arrays are PNG-encoded."""
-    if isinstance(x, bytes):
-        return x
-    if isinstance(x, str | Path):
-        return Path(x).read_bytes()
-    buf = io.BytesIO()
-    arr = np.asarray(x, dtype=np.uint8)
-    if label:
-        from model.lite import DAVIS_PALETTE  # numpy + Pillow only
-
-        im = Image.fromarray(arr, mode="P")
-        im.putpalette(DAVIS_PALETTE.reshape(-1).tolist())
-    else:
-        im = Image.fromarray(arr)
-    im.save(buf, format="PNG")
-    return buf.getvalue()
 
 
 class JobRef(str):
@@ -125,9 +104,9 @@ def _check(r: httpx.Response) -> Any:
 
 
 def _session_form(image: ImageLike, mask: ImageLike | None, boxes: dict | None, **opts: Any) -> tuple:
-    files: dict[str, Any] = {"image": ("frame", _bytes(image))}
+    files: dict[str, Any] = {"image": ("frame", image_bytes(image))}
     if mask is not None:
-        files["mask"] = ("mask.png", _bytes(mask, label=True), "image/png")
+        files["mask"] = ("mask.png", image_bytes(mask, label=True), "image/png")
     data = {k: str(v) for k, v in opts.items() if v is not None}
     if boxes:
         data["boxes"] = json.dumps({str(k): list(v) for k, v in boxes.items()})
@@ -171,7 +150,7 @@ class Session(_SessionInfo):
     def segment(self, frame: ImageLike) -> dict[str, Any]:
         """One frame over plain HTTP."""
         return _check(self.client.http.post(f"/v1/sessions/{self.id}/frames", headers=self._h,
-                                            files={"image": ("frame", _bytes(frame))}))
+                                            files={"image": ("frame", image_bytes(frame))}))
 
     def add_objects(self, mask: ImageLike | None = None, boxes: dict | None = None) -> dict[str, Any]:
         files, data = _session_form(b"", mask, boxes)
@@ -180,7 +159,7 @@ class Session(_SessionInfo):
                                             files=files or None, data=data))
 
     def correct(self, mask: ImageLike) -> dict[str, Any]:
-        files = {"mask": ("mask.png", _bytes(mask, label=True), "image/png")}
+        files = {"mask": ("mask.png", image_bytes(mask, label=True), "image/png")}
         return _check(self.client.http.post(f"/v1/sessions/{self.id}/corrections",
                                             headers=self._h, files=files))
 
@@ -202,20 +181,20 @@ class Session(_SessionInfo):
         edit answers) messages in order; `correct`, `add`, `remove` on it send edits in the stream. With
         mode="all", a dropped connection (api restart, Redis outage, ...) is resumed up to `reconnects`
         times: the frames the session accepted are answered, the others sent again, none applied twice."""
-        box = _Outbox(mode, reconnects)
+        box = Outbox(mode, reconnects)
         return Stream(box, self._messages(box, iter(frames), mode, format, max_inflight))
 
-    def _messages(self, box: _Outbox, source: Iterator[ImageLike], mode: str, format: str | None,  # noqa: A002
+    def _messages(self, box: Outbox, source: Iterator[ImageLike], mode: str, format: str | None,  # noqa: A002
                   max_inflight: int | None) -> Iterator[dict[str, Any]]:
         from websockets.exceptions import ConnectionClosed, InvalidHandshake
         from websockets.sync.client import connect
 
         while True:
             try:
-                with connect(self.ws_url + _query(mode, format, max_inflight) + box.resume_query(), max_size=None,
+                with connect(self.ws_url + stream_query(mode, format, max_inflight) + box.resume_query(), max_size=None,
                              open_timeout=30) as ws:
-                    ready = _ready(json.loads(ws.recv()))
-                    window = _window(ready, mode)
+                    ready = ready_message(json.loads(ws.recv()))
+                    window = window_size(ready, mode)
                     for text in box.on_ready(ready):
                         ws.send(text)
                     while box.pending or not box.done:
@@ -228,155 +207,6 @@ class Session(_SessionInfo):
                     return
             except (ConnectionClosed, InvalidHandshake, OSError) as exc:
                 time.sleep(box.retry_after(exc))
-
-
-class _Edits:
-    """Edits in a live stream (docs/API.md, "Edits"): sent before the next frame, so each applies after the
-    frames sent so far; answered in order (`corrected`, `added`, `removed`); resent after a reconnect."""
-
-    box: _Outbox
-
-    def correct(self, mask: ImageLike) -> None:
-        """Corrected masks of tracked objects (a label map)."""
-        self.box.edit({"type": "correct", "mask": base64.b64encode(_bytes(mask, label=True)).decode()})
-
-    def add(self, mask: ImageLike | None = None, boxes: dict | None = None) -> None:
-        """New objects: a label map with new ids and/or boxes {id: (x, y, w, h)}."""
-        msg: dict[str, Any] = {"type": "add"}
-        if mask is not None:
-            msg["mask"] = base64.b64encode(_bytes(mask, label=True)).decode()
-        if boxes:
-            msg["boxes"] = {str(k): list(v) for k, v in boxes.items()}
-        self.box.edit(msg)
-
-    def remove(self, object_id: int) -> None:
-        """Stop tracking an object."""
-        self.box.edit({"type": "remove", "object_id": int(object_id)})
-
-
-class Stream(_Edits):
-    """A sync stream: iterate it for the answers, in order; edit with correct/add/remove."""
-
-    def __init__(self, box: _Outbox, messages: Iterator[dict[str, Any]]) -> None:
-        self.box, self.messages = box, messages
-
-    def __iter__(self) -> Stream:
-        return self
-
-    def __next__(self) -> dict[str, Any]:
-        return next(self.messages)
-
-
-class AsyncStream(_Edits):
-    """An asyncio stream: `async for` the answers, in order; edit with correct/add/remove."""
-
-    def __init__(self, box: _Outbox, messages: AsyncIterator[dict[str, Any]]) -> None:
-        self.box, self.messages = box, messages
-
-    def __aiter__(self) -> AsyncStream:
-        return self
-
-    async def __anext__(self) -> dict[str, Any]:
-        return await self.messages.__anext__()
-
-
-def _query(mode: str, fmt: str | None, max_inflight: int | None) -> str:
-    q = f"&mode={mode}"
-    if fmt:
-        q += f"&format={fmt}"
-    if max_inflight:
-        q += f"&max_inflight={max_inflight}"
-    return q
-
-
-def _window(ready: dict[str, Any], mode: str) -> int:
-    """all: keep max_inflight frames outstanding; latest: never wait, the server drops stale frames."""
-    return ready["max_inflight"] if mode == "all" else 1 << 30
-
-
-def _ready(msg: dict[str, Any]) -> dict[str, Any]:
-    """The stream's first message must be `ready`; anything else is the service's refusal."""
-    if msg.get("type") != "ready":
-        raise LWLError(400, msg.get("code", "error"), msg.get("detail", str(msg)))
-    return msg
-
-
-RESUMABLE_CLOSES = {1001, 1006, 1011, 1012, 1013, 4503}  # the connection or the service, not the request
-_END = object()
-
-
-class _Outbox:
-    """One stream's frames in flight, by id, and where to resume: the state the sync and asyncio streams
-    share (docs/API.md, "Resume"). Frames go out as JSON envelopes with an id, so after a reconnect the
-    `ready` message says which of them the session had accepted."""
-
-    def __init__(self, mode: str, reconnects: int) -> None:
-        self.mode, self.reconnects_left = mode, reconnects
-        self.inflight: dict[int, str] = {}  # id -> the frame's message text, in the order sent
-        self.edits: list[str] = []  # edits queued, sent before the next frame
-        self.next_id = 0
-        self.resume_from: int | None = None  # seq of the first frame not answered yet
-        self.done = False  # the source is exhausted and {"type": "close"} is to be (or was) sent
-        self.ready_seen = False
-        self.backoff = 0.5  # doubled before each reconnect: 1, 2, 4, 8, 8 s
-
-    @property
-    def pending(self) -> int:
-        """Frames and edits sent and not answered yet (queued edits are not sent)."""
-        return len(self.inflight) - len(self.edits)
-
-    def next_message(self, source: Iterator[ImageLike]) -> str:
-        """The next edit or frame's envelope (remembered until answered), or the close message at the end."""
-        if self.edits:
-            return self.edits.pop(0)
-        frame = next(source, _END)
-        if frame is _END:
-            self.done = True
-            return json.dumps({"type": "close"})
-        self.next_id += 1
-        text = json.dumps({"type": "frame", "id": self.next_id, "image": base64.b64encode(_bytes(frame)).decode()})
-        self.inflight[self.next_id] = text
-        return text
-
-    def edit(self, msg: dict[str, Any]) -> None:
-        """Queue an edit with its id (remembered until answered, like a frame)."""
-        if self.done:
-            raise LWLError(400, "stream_ended", "the stream has sent its last frame: edit over REST instead")
-        self.next_id += 1
-        self.inflight[self.next_id] = text = json.dumps({**msg, "id": self.next_id})
-        self.edits.append(text)
-
-    def resume_query(self) -> str:
-        return f"&resume_from={self.resume_from}" if self.ready_seen and self.resume_from is not None else ""
-
-    def on_ready(self, ready: dict[str, Any]) -> list[str]:
-        """What to send after `ready`: nothing on the first stream; after a resume, the frames in flight the
-        session never accepted (not in `ready.resumed`: those are answered anyway), then close if it was due."""
-        first, self.ready_seen = not self.ready_seen, True
-        if first:
-            self.resume_from = ready.get("next_seq")
-            return []
-        accepted = {r.get("id") for r in ready.get("resumed", [])}
-        queued = set(self.edits)  # not sent yet: they go out in their turn
-        out = [text for i, text in self.inflight.items() if i not in accepted and text not in queued]
-        return [*out, json.dumps({"type": "close"})] if self.done else out
-
-    def answered(self, msg: dict[str, Any]) -> None:
-        if msg.get("type") in ("result", "error", "skipped", "corrected", "added", "removed"):
-            self.inflight.pop(msg.get("id"), None)
-        if isinstance(msg.get("seq"), int):
-            self.resume_from = max(self.resume_from or 0, msg["seq"] + 1)
-
-    def retry_after(self, exc: Exception) -> float:
-        """Seconds to wait before resuming after `exc`; raises when the stream cannot or may not resume."""
-        rcvd = getattr(exc, "rcvd", None)
-        code = rcvd.code if rcvd is not None else 1006
-        if self.mode != "all" or code not in RESUMABLE_CLOSES or self.reconnects_left <= 0 or not self.ready_seen:
-            raise LWLError(503 if code in RESUMABLE_CLOSES else 400, f"stream_closed_{code}",
-                           getattr(rcvd, "reason", "") or str(exc)) from exc
-        self.reconnects_left -= 1
-        self.backoff = min(8.0, self.backoff * 2)
-        return self.backoff
 
 
 def _formats(info: dict[str, Any]) -> dict[str, dict[str, str]]:
@@ -484,7 +314,7 @@ class Client:
         """Post a video job; returns the job id as a JobRef (a str with the job's `.token`)."""
         files, data = _session_form(b"", mask, boxes, init_frame=init_frame, crop_size=crop_size, profile=profile)
         files.pop("image")
-        files["video"] = ("video", _bytes(video) if not isinstance(video, bytes) else video)
+        files["video"] = ("video", image_bytes(video) if not isinstance(video, bytes) else video)
         return _job_ref(self.job_tokens, _check(self.request("POST", "/v1/jobs", files=files, data=data)))
 
     def job(self, job_id: str, token: str | None = None) -> dict[str, Any]:
@@ -551,7 +381,7 @@ class AsyncSession(_SessionInfo):
 
     async def segment(self, frame: ImageLike) -> dict[str, Any]:
         return _check(await self.client.http.post(f"/v1/sessions/{self.id}/frames", headers=self._h,
-                                                  files={"image": ("frame", _bytes(frame))}))
+                                                  files={"image": ("frame", image_bytes(frame))}))
 
     async def add_objects(self, mask: ImageLike | None = None, boxes: dict | None = None) -> dict[str, Any]:
         files, data = _session_form(b"", mask, boxes)
@@ -560,7 +390,7 @@ class AsyncSession(_SessionInfo):
                                                   files=files or None, data=data))
 
     async def correct(self, mask: ImageLike) -> dict[str, Any]:
-        files = {"mask": ("mask.png", _bytes(mask, label=True), "image/png")}
+        files = {"mask": ("mask.png", image_bytes(mask, label=True), "image/png")}
         return _check(await self.client.http.post(f"/v1/sessions/{self.id}/corrections", headers=self._h,
                                                   files=files))
 
@@ -579,20 +409,20 @@ class AsyncSession(_SessionInfo):
     def stream(self, frames: Iterable[ImageLike], mode: str = "all", format: str | None = None,  # noqa: A002
                max_inflight: int | None = None, reconnects: int = 5) -> AsyncStream:
         """`async for` the answers in order, edits with correct/add/remove; resumes as Session.stream."""
-        box = _Outbox(mode, reconnects)
+        box = Outbox(mode, reconnects)
         return AsyncStream(box, self._messages(box, iter(frames), mode, format, max_inflight))
 
-    async def _messages(self, box: _Outbox, source: Iterator[ImageLike], mode: str, format: str | None,  # noqa: A002
+    async def _messages(self, box: Outbox, source: Iterator[ImageLike], mode: str, format: str | None,  # noqa: A002
                         max_inflight: int | None) -> AsyncIterator[dict[str, Any]]:
         from websockets.asyncio.client import connect
         from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
         while True:
             try:
-                async with connect(self.ws_url + _query(mode, format, max_inflight) + box.resume_query(),
+                async with connect(self.ws_url + stream_query(mode, format, max_inflight) + box.resume_query(),
                                    max_size=None) as ws:
-                    ready = _ready(json.loads(await ws.recv()))
-                    window = _window(ready, mode)
+                    ready = ready_message(json.loads(await ws.recv()))
+                    window = window_size(ready, mode)
                     for text in box.on_ready(ready):
                         await ws.send(text)
                     while box.pending or not box.done:
@@ -663,7 +493,7 @@ class AsyncClient:
                            crop_size: str | None = None, profile: str | None = None) -> JobRef:
         files, data = _session_form(b"", mask, boxes, init_frame=init_frame, crop_size=crop_size, profile=profile)
         files.pop("image")
-        files["video"] = ("video", _bytes(video) if not isinstance(video, bytes) else video)
+        files["video"] = ("video", image_bytes(video) if not isinstance(video, bytes) else video)
         return _job_ref(self.job_tokens, _check(await self.request("POST", "/v1/jobs", files=files, data=data)))
 
     async def job(self, job_id: str, token: str | None = None) -> dict[str, Any]:
