@@ -4,9 +4,13 @@
 import * as api from "./api.js";
 import { Editor } from "./editor.js";
 import { JobPanel } from "./jobs.js";
-import { cssColour, decodeLabelPng, encodeLabelPng, idsIn, labelsFromImage, setPalette } from "./labels.js";
+import { decodeLabelPng, encodeLabelPng, idsIn, setPalette } from "./labels.js";
+import { bindControls, bindKeys } from "./controls.js";
 import { download, editMessages } from "./live.js";
+import { renderObjectList } from "./objectlist.js";
 import { CameraSource, ImagesSource, VideoFileSource, encodeFrame, snapshot } from "./sources.js";
+import { hideMessage, renderPhase, renderStatus, showMessage } from "./status.js";
+import { applyUrlSettings, chooseModel, inflightSetting, placeUrlObjects, quality } from "./settings.js";
 import { View } from "./view.js";
 
 const $ = (id) => document.getElementById(id);
@@ -50,50 +54,14 @@ const S = {
 
 // ---------------------------------------------------------------- messages and status
 
-function showMessage(text, kind = "error", actions = []) {
-  const box = $("message");
-  box.className = kind === "info" ? "message info" : "message";
-  $("message-text").textContent = text;
-  $("message-actions").replaceChildren(...actions.map(({ label, run }) => {
-    const b = document.createElement("button");
-    b.textContent = label;
-    b.addEventListener("click", () => { hideMessage(); run(); });
-    return b;
-  }));
-  box.hidden = false;
-  box.dataset.kind = kind;
-}
-
-function hideMessage() { $("message").hidden = true; }
-
 function setPhase(phase) {
   S.phase = phase;
-  const live = ["starting", "streaming", "pausing", "paused", "finishing"].includes(phase);
-  $("st-state").textContent = phase === "preview" && S.frozen ? "frozen: draw objects" : phase;
-  $("btn-start").disabled = !S.source || live || !!S.session;
-  $("btn-pause").disabled = !["streaming", "paused"].includes(phase);
-  $("btn-pause").textContent = phase === "paused" ? "Resume" : "Pause";
-  $("btn-stop").disabled = !S.session;
-  $("btn-apply").disabled = !["paused", "done", "streaming"].includes(phase);
-  $("btn-save").disabled = !S.session || !["streaming", "paused", "done"].includes(phase);
-  $("open-state").disabled = !S.source || !!S.session || live;
-  $("btn-job").hidden = !(S.source && S.source.kind === "file");
-  $("btn-job").disabled = live;
-  $("placeholder").hidden = phase !== "idle";
-  document.body.dataset.phase = phase;
+  renderPhase(S);
 }
 
 function updateStatus() {
   const now = performance.now();
-  S.answerTimes = S.answerTimes.filter((t) => now - t < 3000);
-  const fps = S.answerTimes.length > 1 ? (S.answerTimes.length - 1) / ((S.answerTimes.at(-1) - S.answerTimes[0]) / 1000) : 0;
-  $("st-sent").textContent = S.counts.sent;
-  $("st-answered").textContent = S.counts.answered;
-  $("st-skipped").textContent = S.counts.skipped;
-  $("st-fps").textContent = (Number.isFinite(fps) ? fps : 0).toFixed(1);
-  $("st-latency").textContent = S.latency == null ? "–" : S.latency.toFixed(0);
-  $("st-compute").textContent = S.compute == null ? "–" : S.compute.toFixed(0);
-  $("st-frame").textContent = S.frameIndex == null ? "–" : S.frameIndex;
+  renderStatus(S, now);
   if (S.phase === "streaming" && S.inflight.size && now - S.lastAnswerAt > STALL_MS && !S.stallShown) {
     S.stallShown = true;
     showMessage(`no answer from the service for ${STALL_MS / 1000} s (${S.inflight.size} frames waiting)`, "error",
@@ -116,37 +84,8 @@ function trackedIds() { return [...S.objects.keys()].sort((a, b) => a - b); }
 function renderObjects() {
   const pending = editor.ready ? editor.edits(trackedIds()) : { painted: [], boxed: [], corrected: [] };
   const ids = new Set([...trackedIds(), ...pending.painted, ...pending.boxed, editor.active]);
-  const items = [...ids].sort((a, b) => a - b).map((id) => {
-    const li = document.createElement("li");
-    li.dataset.id = id;
-    li.className = id === editor.active ? "selected" : "";
-    const sw = document.createElement("span");
-    sw.className = "swatch";
-    sw.style.background = cssColour(id);
-    const num = document.createElement("span");
-    num.className = "num";
-    num.textContent = `#${id}`;
-    const st = document.createElement("span");
-    const o = S.objects.get(id);
-    if (o) {
-      const lost = o.box == null;
-      st.className = lost ? "score lost" : "score";
-      st.textContent = lost ? "lost" : `score ${o.score.toFixed(2)}`;
-      if (pending.corrected.includes(id)) st.textContent += " · edited";
-    } else {
-      st.className = "score pending";
-      st.textContent = pending.boxed.includes(id) ? "new (box)" : pending.painted.includes(id) ? "new (mask)" : "selected: draw it";
-    }
-    const rm = document.createElement("button");
-    rm.className = "ghost";
-    rm.textContent = "✕";
-    rm.title = "Remove this object (Delete)";
-    rm.addEventListener("click", (ev) => { ev.stopPropagation(); removeObject(id); });
-    li.append(sw, num, st, rm);
-    li.addEventListener("click", () => selectObject(id));
-    return li;
-  });
-  $("objects").replaceChildren(...items);
+  renderObjectList($("objects"), [...ids].sort((a, b) => a - b),
+    { active: editor.active, objects: S.objects, pending, onSelect: selectObject, onRemove: removeObject });
 }
 
 function selectObject(id) {
@@ -240,14 +179,7 @@ async function freeze() {
 
 // ---------------------------------------------------------------- session
 
-const quality = () => Math.min(1, Math.max(0.3, Number($("quality").value) || 0.9));
-/** Frames at the service at once: 1 for a camera (least lag; the service also holds the newest one), 4 for
- * files (the worker never waits for the next frame); at most what the service allows. */
-function maxInflight() {
-  const cap = S.info ? S.info.limits.max_inflight_frames : 16;
-  const auto = S.source && S.source.kind === "camera" ? 1 : 4;
-  return Math.min(cap, Math.max(1, Math.round(Number($("max-inflight").value) || auto)));
-}
+const maxInflight = () => inflightSetting(S.info ? S.info.limits.max_inflight_frames : 16, S.source && S.source.kind);
 const streamMode = () => params.get("mode") || (S.source ? S.source.mode : "all");
 
 async function start() {
@@ -648,61 +580,23 @@ function bindCanvas() {
   cv.addEventListener("pointercancel", finish);
 }
 
-function bindControls() {
-  $("src-camera").addEventListener("click", openCamera);
-  $("src-file").addEventListener("change", (ev) => { if (ev.target.files[0]) openSource(new VideoFileSource($("video"), ev.target.files[0])); ev.target.value = ""; });
-  for (const id of ["src-images", "src-folder"]) {
-    $(id).addEventListener("change", (ev) => { if (ev.target.files.length) openSource(new ImagesSource(ev.target.files)); ev.target.value = ""; });
-  }
-  $("btn-start").addEventListener("click", start);
-  $("btn-pause").addEventListener("click", pause);
-  $("btn-stop").addEventListener("click", stop);
-  $("btn-job").addEventListener("click", submitJob);
-  $("btn-new-object").addEventListener("click", newObject);
-  $("btn-apply").addEventListener("click", applyEdits);
-  $("btn-save").addEventListener("click", saveSession);
-  $("open-state").addEventListener("change", (ev) => { if (ev.target.files[0]) openSession(ev.target.files[0]); ev.target.value = ""; });
-  $("btn-clear").addEventListener("click", () => {
-    editor.clear();
-    S.liveEdit = false;
-    if (S.source && S.source.kind === "camera" && S.phase === "preview") S.frozen = false;
-    setPhase(S.phase);
-    renderObjects();
-    draw();
-  });
-  for (const b of document.querySelectorAll("[data-tool]")) b.addEventListener("click", () => setTool(b.dataset.tool));
-  $("brush-size").addEventListener("input", (ev) => { editor.radius = Number(ev.target.value); });
-  $("opacity").addEventListener("input", (ev) => { view.opacity = Number(ev.target.value) / 100; draw(); });
-  $("outline").addEventListener("change", (ev) => { view.outline = ev.target.checked; draw(); });
-  $("message-close").addEventListener("click", hideMessage);
-  $("help-btn").addEventListener("click", () => $("help").showModal());
-  $("api-key").value = api.apiKey();
-  $("key-form").addEventListener("submit", (ev) => {
-    ev.preventDefault();
-    api.setApiKey($("api-key").value.trim());
-    showMessage(api.apiKey() ? "API key kept for this tab" : "API key cleared", "info");
-  });
+/** What the page's controls and shortcuts do (controls.js binds them). */
+function actions() {
+  return {
+    openCamera, openVideo: (f) => openSource(new VideoFileSource($("video"), f)),
+    openImages: (files) => openSource(new ImagesSource(files)), openSession, start, pause, stop, submitJob,
+    newObject, applyEdits, saveSession, clearEdits, hideMessage, setTool, draw, showMessage, removeObject,
+    selectObject,
+  };
 }
 
-function bindKeys() {
-  document.addEventListener("keydown", (ev) => {
-    if (ev.target.closest("input, textarea, select") || ev.ctrlKey || ev.metaKey || ev.altKey) return;
-    const k = ev.key;
-    const act = {
-      Enter: start, " ": pause, Escape: stop, b: () => setTool("box"), p: () => setTool("brush"),
-      e: () => setTool("eraser"), n: newObject, c: applyEdits, j: submitJob, Delete: () => removeObject(editor.active),
-      "[": () => { editor.radius = Math.max(2, editor.radius - 2); $("brush-size").value = editor.radius; },
-      "]": () => { editor.radius = Math.min(80, editor.radius + 2); $("brush-size").value = editor.radius; },
-      ",": () => { $("opacity").value = Math.max(0, Number($("opacity").value) - 10); view.opacity = $("opacity").value / 100; draw(); },
-      ".": () => { $("opacity").value = Math.min(100, Number($("opacity").value) + 10); view.opacity = $("opacity").value / 100; draw(); },
-      o: () => { $("outline").checked = !$("outline").checked; view.outline = $("outline").checked; draw(); },
-      "?": () => $("help").showModal(),
-    }[k.length === 1 ? k.toLowerCase() : k] || (/^[1-9]$/.test(k) ? () => selectObject(Number(k)) : null);
-    if (act) {
-      ev.preventDefault();
-      act();
-    }
-  });
+function clearEdits() {
+  editor.clear();
+  S.liveEdit = false;
+  if (S.source && S.source.kind === "camera" && S.phase === "preview") S.frozen = false;
+  setPhase(S.phase);
+  renderObjects();
+  draw();
 }
 
 // ---------------------------------------------------------------- start-up: service info, URL parameters
@@ -721,7 +615,7 @@ async function loadInfo() {
   if (S.info.api_key_required && !api.apiKey()) {
     showMessage("this service needs an API key: enter it in the key field at the top", "info");
   }
-  const m = chooseModel(S.info.models);
+  const m = chooseModel(S.info.models, params, () => loadInfo());
   S.boxInit = !!(m && m.box_init);
   $("tool-box").disabled = !S.boxInit;
   $("tool-box").title = S.boxInit ? "Drag a box (B)" : "this model has no box encoder: paint a mask";
@@ -737,65 +631,15 @@ async function loadInfo() {
   return true;
 }
 
-/** Fill the model select from /v1/info (the default first, or ?profile=NAME) and return the chosen model. */
-function chooseModel(models) {
-  const sel = $("profile");
-  const want = sel.value || params.get("profile") || (models.find((x) => x.default) || models[0] || {}).name;
-  sel.replaceChildren(...models.map((x) => new Option(x.default ? `${x.name} (default)` : x.name, x.name)));
-  sel.value = models.some((x) => x.name === want) ? want : (models[0] || {}).name || "";
-  sel.onchange = () => loadInfo();
-  return models.find((x) => x.name === sel.value);
-}
-
-/** ?box=X,Y,W,H (repeatable, or ;-separated) -> objects 1, 2, ... on the first frame, clipped to it. */
-function urlBoxes() {
-  const out = [];
-  for (const v of params.getAll("box")) {
-    for (const part of v.split(";")) {
-      const n = part.split(",").map(Number);
-      if (n.length !== 4 || n.some((x) => !Number.isFinite(x)) || n[2] <= 0 || n[3] <= 0) {
-        throw new Error(`box=${part} must be four numbers X,Y,W,H with W and H > 0`);
-      }
-      out.push(n);
-    }
-  }
-  return out;
-}
-
 async function applyUrlObjects() {
-  const boxes = urlBoxes();
-  boxes.forEach((b, i) => {
-    const x0 = Math.max(0, b[0]), y0 = Math.max(0, b[1]);
-    const x1 = Math.min(editor.width, b[0] + b[2]), y1 = Math.min(editor.height, b[1] + b[3]);
-    if (x1 - x0 < 1 || y1 - y0 < 1) throw new Error(`box=${b.join(",")} lies outside the ${editor.width}x${editor.height} frame`);
-    editor.setBox(i + 1, [x0, y0, x1 - x0, y1 - y0]);
-  });
-  const maskUrl = params.get("mask");
-  if (maskUrl) {
-    let blob;
-    try {
-      const r = await fetch(maskUrl, { cache: "no-store" });
-      if (!r.ok) throw new Error(`HTTP ${r.status}`);
-      blob = await r.blob();
-    } catch (err) {
-      throw new Error(`mask=${maskUrl.slice(0, 80)} could not be loaded (${err.message}); it must be on this host or a data: URL`);
-    }
-    const labels = await labelsFromImage(blob, editor.width, editor.height);
-    const offset = boxes.length;
-    for (let i = 0; i < labels.length; i++) if (labels[i] && !editor.labels[i]) editor.labels[i] = labels[i] + offset;
-  }
+  const has = await placeUrlObjects(params, editor);
   renderObjects();
   draw();
-  return boxes.length > 0 || !!maskUrl;
+  return has;
 }
 
 async function fromUrl() {
-  if (params.get("kiosk") === "1") document.body.classList.add("kiosk");
-  if (params.has("opacity")) { $("opacity").value = Number(params.get("opacity")) * 100; view.opacity = Number(params.get("opacity")); }
-  if (params.get("outline") === "0") { $("outline").checked = false; view.outline = false; }
-  if (params.has("quality")) $("quality").value = params.get("quality");
-  if (params.has("max_inflight")) $("max-inflight").value = params.get("max_inflight");
-  if (params.has("crop")) $("crop").value = params.get("crop");
+  applyUrlSettings(params, view);
   const source = params.get("source");
   if (source === "camera") {
     if (!(await openCamera())) return;
@@ -817,9 +661,9 @@ async function fromUrl() {
 }
 
 async function main() {
-  bindControls();
+  bindControls(actions(), { editor, view });
   bindCanvas();
-  bindKeys();
+  bindKeys(actions(), { editor, view });
   setPhase("idle");
   setInterval(updateStatus, 250);
   window.addEventListener("pagehide", () => { if (S.session) stopSessionOnUnload(); });
