@@ -147,7 +147,7 @@ def load_config(path: str | Path) -> TrainConfig:
 def _check_backbone_source(path: str | Path, raw: dict[str, Any], phases: list[PhaseConfig]) -> None:
     """A backbone that no phase trains must start from trained weights: frozen at its random init, every
     later phase learns on noise features (an hour of CPU for a model below copying the first mask)."""
-    trains_backbone = any(k == "feature_extractor" or k.startswith("feature_extractor.")
+    trains_backbone = any("feature_extractor.".startswith(k) or k.startswith("feature_extractor.")  # "" = all
                           for ph in phases for k in ph.lr)
     if not trains_backbone and not raw.get("init_backbone") and not raw.get("init_weights"):
         raise ValueError(f"{path}: no phase trains the backbone (feature_extractor) and neither init_backbone "

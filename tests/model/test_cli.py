@@ -116,7 +116,9 @@ def test_bad_weights_file(clip: Path, tmp_path: Path) -> None:
     ("name: x\nout_dir: OUT\ninit_backbone: pypi:nope\nnet: {preset: compact}\n"
      "phases: [{name: s, mode: single, steps: 1, lr: {decoder: 1.0e-3}}]\n", "unknown pretrained backbone"),
     ("name: x\nout_dir: OUT\nnet: {preset: compact}\ndata: [{type: davis, root: /nonexistent/davis}]\n"
-     "phases: [{name: s, mode: single, steps: 1, lr: {decoder: 1.0e-3}}]\n", "data folder /nonexistent/davis"),
+     "phases: [{name: s, mode: single, steps: 1, lr: {'': 1.0e-3}}]\n", "data folder /nonexistent/davis"),
+    ("name: x\nout_dir: OUT\nnet: {preset: compact}\n"
+     "phases: [{name: s, mode: single, steps: 1, lr: {decoder: 1.0e-3}}]\n", "no phase trains the backbone"),
 ])
 def test_train_recipe_errors_are_one_line(tmp_path: Path, recipe: str | None, message: str) -> None:
     path = tmp_path / "recipe.yaml"
