@@ -112,7 +112,7 @@ def backbone_floor(model: Model, crop: tuple[int, int], reps: int = 7) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--frames", type=int, default=48, help="at least 34: the memory fills after 33 frames")
+    ap.add_argument("--frames", type=int, default=60, help="at least 34: the memory fills after 33 frames")
     ap.add_argument("--threads", type=int, default=0,
                     help="torch CPU threads (default: as the library chooses, the cores this process may use)")
     ap.add_argument("--device", default="auto")
