@@ -113,6 +113,14 @@ def _session_form(image: ImageLike, mask: ImageLike | None, boxes: dict | None, 
     return files, data
 
 
+def _write_state(r: httpx.Response, path: str | Path) -> Path:
+    """A GET .../state answer into `path` (an error answer raises LWLError and writes nothing)."""
+    if r.status_code >= 400:
+        _check(r)
+    Path(path).write_bytes(r.content)
+    return Path(path)
+
+
 class _SessionInfo:
     """What the api answered when the session was created (shared by the sync and asyncio sessions)."""
 
@@ -169,11 +177,7 @@ class Session(_SessionInfo):
     def save(self, path: str | Path) -> Path:
         """Save the session (GET .../state): the tracker state, for Client.restore or the library's
         model.restore_tracker."""
-        r = self.client.request("GET", f"/v1/sessions/{self.id}/state", headers=self._h)
-        if r.status_code >= 400:
-            _check(r)
-        Path(path).write_bytes(r.content)
-        return Path(path)
+        return _write_state(self.client.request("GET", f"/v1/sessions/{self.id}/state", headers=self._h), path)
 
     def stream(self, frames: Iterable[ImageLike], mode: str = "all", format: str | None = None,  # noqa: A002
                max_inflight: int | None = None, reconnects: int = 5) -> Stream:
@@ -400,11 +404,7 @@ class AsyncSession(_SessionInfo):
 
     async def save(self, path: str | Path) -> Path:
         """As Session.save, asyncio."""
-        r = await self.client.request("GET", f"/v1/sessions/{self.id}/state", headers=self._h)
-        if r.status_code >= 400:
-            _check(r)
-        Path(path).write_bytes(r.content)
-        return Path(path)
+        return _write_state(await self.client.request("GET", f"/v1/sessions/{self.id}/state", headers=self._h), path)
 
     def stream(self, frames: Iterable[ImageLike], mode: str = "all", format: str | None = None,  # noqa: A002
                max_inflight: int | None = None, reconnects: int = 5) -> AsyncStream:

@@ -44,6 +44,10 @@ T = TypeVar("T")
 Work = tuple[HeldSession, str, int, bytes, str]  # a frame to compute: session, stream id, seq, image, format
 
 
+# ops a worker hands to its SessionOps as they are: op name = method name
+SESSION_OPS = frozenset({"create", "add", "correct", "remove", "delete", "adopt", "restore", "state"})
+
+
 class Worker:
     """One device, many sessions; same code for `lwl worker` (Redis) and `lwl serve` (in-process)."""
 
@@ -269,38 +273,18 @@ class Worker:
 
     # ------------------------------------------------------------------ ops on the work stream
     async def _handle(self, h: dict[str, Any], blobs: list[bytes]) -> None:
-        """One op: `_op_<name>` below, its answer and session writes (SessionOps.reply)."""
+        """One op: a SessionOps method named in SESSION_OPS, or the worker's own `_op_<name>`; its answer
+        and session writes (SessionOps.reply)."""
         op = h.get("op")
         commit = None
         try:
-            out, commit = await getattr(self, f"_op_{op}")(h, blobs)
+            fn = getattr(self.ops, op) if op in SESSION_OPS else getattr(self, f"_op_{op}", None)
+            if fn is None:
+                raise ValueError(f"unknown op {op!r}")
+            out, commit = await fn(h, blobs)
         except Exception as e:  # noqa: BLE001 - one bad op must not kill the worker
             out = error_message(e, h.get("sid", ""), str(op))
         await self.ops.reply(h, out, commit)
-
-    async def _op_create(self, h: dict[str, Any], blobs: list[bytes]) -> Done:
-        return await self.ops.create(h, blobs)
-
-    async def _op_add(self, h: dict[str, Any], blobs: list[bytes]) -> Done:
-        return await self.ops.add(h, blobs)
-
-    async def _op_correct(self, h: dict[str, Any], blobs: list[bytes]) -> Done:
-        return await self.ops.correct(h, blobs)
-
-    async def _op_remove(self, h: dict[str, Any], blobs: list[bytes]) -> Done:
-        return await self.ops.remove(h, blobs)
-
-    async def _op_delete(self, h: dict[str, Any], blobs: list[bytes]) -> Done:
-        return await self.ops.delete(h, blobs)
-
-    async def _op_adopt(self, h: dict[str, Any], blobs: list[bytes]) -> Done:
-        return await self.ops.adopt(h, blobs)
-
-    async def _op_restore(self, h: dict[str, Any], blobs: list[bytes]) -> Done:
-        return await self.ops.restore(h, blobs)
-
-    async def _op_state(self, h: dict[str, Any], blobs: list[bytes]) -> Done:
-        return await self.ops.state(h, blobs)
 
     async def _op_ping(self, h: dict[str, Any], blobs: list[bytes]) -> Done:
         return {"type": "pong"}, None
