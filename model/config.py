@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
+from model.backbone import LITE_STAGES, lite_channels
 from model.errors import InputError
 
 
@@ -23,7 +24,7 @@ def parse_size(text: str) -> tuple[int, int]:
 class NetConfig:
     """Shape of an LWL network; the official ResNet-50 models and the compact CPU model share modules."""
 
-    backbone: str = "resnet50_mrcnn"  # "resnet50_mrcnn" (official) | "resnet18" | "efficientnet_lite0" (CPU)
+    backbone: str = "resnet50_mrcnn"  # "resnet50_mrcnn" (official) | "resnet18" | "efficientnet_lite0|2" (CPU)
     norm: str = "bn"  # "bn" (official) | "gn" (compact option, trained from scratch)
     tm_feature_dim: int = 512  # C: target-model feature channels
     num_filters: int = 16  # D: mask-encoding channels
@@ -43,8 +44,8 @@ class NetConfig:
             return {"layer1": 256, "layer2": 512, "layer3": 1024, "layer4": 2048}
         if self.backbone == "resnet18":
             return {"layer1": 64, "layer2": 128, "layer3": 256, "layer4": 512}
-        if self.backbone == "efficientnet_lite0":
-            return {"layer1": 24, "layer2": 40, "layer3": 112, "layer4": 320}
+        if self.backbone in LITE_STAGES:
+            return lite_channels(self.backbone)
         raise ValueError(f"unknown backbone {self.backbone!r}")
 
     @property

