@@ -33,6 +33,7 @@ from model.config import NetConfig
 from model.network import LWLNet, build_network
 from model.threads import available_cpus, set_cpu_threads
 from model.train.ablation import apply_ablation
+from model.train.composite import CompositeParams, CompositeSource
 from model.train.config import PhaseConfig, TrainConfig
 from model.train.datasets import (
     CocoDataset,
@@ -55,7 +56,7 @@ def check_data_folders(cfg: TrainConfig) -> None:
     specs = [*cfg.data, *(cfg.validation and [cfg.validation] or [])]
     specs += [d for ph in cfg.phases for d in (ph.data or [])]
     for spec in specs:
-        for key in ("root", "copy_paste_from"):
+        for key in ("root", "copy_paste_from", "sprites_from"):
             if spec.get(key) and not Path(spec[key]).is_dir():
                 raise FileNotFoundError(f"data folder {spec[key]} ({spec.get('type', 'data')} {key}) not found: "
                                         "get the data set there or change the recipe")
@@ -102,6 +103,11 @@ def build_sources(specs: list[dict[str, Any]], crop: tuple[int, int]) -> list[tu
             src = YouTubeVOSDataset(s["root"], videos=s.get("videos"), exclude=s.get("exclude", ()))
         elif kind == "coco":
             src = CocoDataset(s["images"], s["annotations"])
+        elif kind == "composite":
+            sprites, _ = copy_paste_pool(s["sprites_from"], list(s.get("exclude", ())))
+            params = CompositeParams(**s.get("params", {}))
+            src = CompositeSource(s["root"], sprites, params, sequences=s.get("sequences"),
+                                  exclude=s.get("exclude", ()))
         elif kind == "synthetic":
             sprites = bgs = None
             if s.get("copy_paste_from") and Path(s["copy_paste_from"]).is_dir():
@@ -294,7 +300,7 @@ class Trainer:
         box = ph.mode == "box"
         sampler = MiniSequenceSampler(sources, num_train=ph.num_train, num_test=0 if box else ph.num_test,
                                       max_gap=ph.max_gap, same_frame=ph.mode == "single",
-                                      seed=self.cfg.seed * 1000 + self.phase_idx)
+                                      seed=self.cfg.seed * 1000 + self.phase_idx, min_gap=ph.min_gap)
         pp = {"crop_size": crop, "affine": not box, **ph.processing}
         if "crop_size" in ph.processing:
             pp["crop_size"] = tuple(ph.processing["crop_size"])
@@ -538,6 +544,7 @@ class Trainer:
         self.export(self.out / f"{ph.name}.safetensors", ph.name)
         self.phase_idx += 1
         self.phase_step = 0
+        self.optimizer = None  # the next phase starts its own Adam: a resumed run must not load this one's moments
         self._save_checkpoint(None, None)
 
     def _finish(self, export_path: Path) -> Path:
