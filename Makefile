@@ -4,7 +4,7 @@ VENV    ?= .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 
-.PHONY: install demo test lint lint-deploy bench bench-service bench-page clean train-default screenshots fuzz load
+.PHONY: install demo test lint lint-deploy bench bench-service bench-page clean train-default levers screenshots fuzz load
 
 # The tested torch pins first (pyproject.toml gives ranges; the Dockerfile pins the same versions), then
 # the project with every extra the tests use.
@@ -36,6 +36,12 @@ train-default: $(STAMP)
 	$(BIN)/lwl train model/train/configs/compact_lite0_fast_box.yaml
 	$(BIN)/lwl train model/train/configs/compact_lite0.yaml
 	$(BIN)/lwl train model/train/configs/compact_lite0_box.yaml
+
+## levers: each training lever (model/train/configs/levers/) trained from the accurate profile and scored on the
+## held-out videos from a mask and a box, next to `control` (the same training without the lever) and larger
+## inference crops; writes runs/levers/levers.md and levers.json (about 30 min of CPU per recipe; rerun to resume)
+levers: $(STAMP)
+	$(BIN)/python -m model.train.levers
 
 ## screenshots: the browser tests save the pictures of docs/WEB.md and README to docs/img/
 screenshots: $(STAMP)

@@ -36,6 +36,7 @@ class PhaseConfig:
     num_test: int = 3
     max_gap: int = 100
     max_gap_start: int | None = None  # grow the gap linearly from this to max_gap over the phase
+    min_gap: int = 0  # test frames at least this many frames after the train frame (harder sampling)
     num_init_iter: int = 5
     num_update_iter: int = 2
     eval_mode: bool = False  # whole network in eval mode (box phase: everything but B is frozen)

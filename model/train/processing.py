@@ -94,6 +94,7 @@ class ProcessingParams:
     max_rotation: float = 15.0
     max_log_scale: float = 0.2
     brightness: float = 0.2
+    color_jitter: float = 0.0  # per-channel gain in [1 - c, 1 + c] on every frame (appearance change)
     affine: bool = True  # False for box-init training
     # Boxes handed to the box encoder, drawn as people draw them: each side moved by up to this fraction of
     # the box's size, in or out (0 = the tight box). The mask to learn stays the object's.
@@ -166,6 +167,9 @@ class LWLProcessing:
                 if p.affine:
                     ci, cm = random_affine(ci, cm, self.rng, p.max_rotation, p.max_log_scale)
                 ci = (ci * self.rng.uniform(1 - p.brightness, 1 + p.brightness)).clamp(0, 255)
+                if p.color_jitter > 0:  # drawn only when asked: older recipes keep their random stream
+                    gains = self.rng.uniform(1 - p.color_jitter, 1 + p.color_jitter, 3)
+                    ci = (ci * torch.tensor(gains, dtype=ci.dtype).reshape(3, 1, 1)).clamp(0, 255)
                 crops.append(normalise(ci))
                 cmasks.append(cm)
                 cboxes.append(cb)

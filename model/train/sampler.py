@@ -36,7 +36,8 @@ class MiniSequenceSampler:
     """
 
     def __init__(self, sources: Sequence[tuple[VideoSource | SyntheticSource, float]], num_train: int = 1,
-                 num_test: int = 3, max_gap: int = 100, same_frame: bool = False, seed: int = 0) -> None:
+                 num_test: int = 3, max_gap: int = 100, same_frame: bool = False, seed: int = 0,
+                 min_gap: int = 0) -> None:
         if not sources:
             raise ValueError("no training sources")
         self.sources = [s for s, _ in sources]
@@ -45,6 +46,7 @@ class MiniSequenceSampler:
         self.num_train = num_train
         self.num_test = num_test
         self.max_gap = max_gap
+        self.min_gap = min_gap  # test frames at least this far after the train frame (harder sampling)
         self.same_frame = same_frame
         self.rng = np.random.default_rng(seed)
 
@@ -52,7 +54,9 @@ class MiniSequenceSampler:
         src = self.sources[int(self.rng.choice(len(self.sources), p=self.probs))]
         if isinstance(src, SyntheticSource):
             return self._sample_synthetic(src)
-        return self._sample_video(src)
+        raw = self._sample_video(src)
+        augment = getattr(src, "augment", None)  # e.g. composite.CompositeSource pastes distractors in
+        return augment(raw, self.rng) if augment is not None and not self.same_frame else raw
 
     def _sample_synthetic(self, src: SyntheticSource) -> RawSample:
         q = self.num_train + self.num_test
@@ -86,7 +90,7 @@ class MiniSequenceSampler:
                     gap_inc += 5
                     continue
                 train_ids += list(self.rng.choice(before, self.num_train - 1))
-            after = vis[(vis > base) & (vis < base + self.max_gap + gap_inc)]
+            after = vis[(vis > base + self.min_gap) & (vis < base + self.max_gap + gap_inc)]
             if len(after) == 0:
                 gap_inc += 5
                 continue
