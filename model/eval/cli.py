@@ -24,6 +24,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--sequences", nargs="*", default=None, help="only these sequences")
     p.add_argument("--max-frames", type=int, default=None, help="only the first N frames of each sequence")
     p.add_argument("--crop", type=int, nargs=2, default=None, metavar=("H", "W"), help="tracker crop size")
+    p.add_argument("--update-every", type=int, default=None, metavar="K",
+                   help="refine the target model on every K-th frame (the fast profile's schedule is 3); "
+                        "default: the model's own")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     p.add_argument("--init", choices=["mask", "box", "both"], default="mask",
                    help="start each object from its first annotated mask, or from that mask's tight box "
@@ -44,6 +47,11 @@ def run(args: argparse.Namespace) -> int:
     crop = tuple(args.crop) if args.crop else None
     model = CopyFirstModel() if args.baseline == "copy-first" else \
         load_model(args.weights, args.device, profile=args.profile, exact=args.exact or None)
+    if args.update_every is not None:
+        if args.update_every < 1 or args.baseline:
+            print("lwl eval: --update-every takes a frame count >= 1, and a model (not --baseline)", file=sys.stderr)
+            return 2
+        model.params = model.params.with_(train_skipping=args.update_every)
     if args.youtubevos:
         from model.eval.ytvos import export_youtubevos
 

@@ -28,6 +28,7 @@ class Lever:
     recipe: str | None = None  # under configs/levers/; None: `weights` as they are
     weights: str = "model/weights/accurate.safetensors"
     crop: tuple[int, int] | None = None
+    update_every: int | None = None  # the fast profile's schedule (3) for fast weights given by path
     note: str = ""
 
 
@@ -38,6 +39,11 @@ LEVERS = (
     Lever("control", "control.yaml", note="200 more steps, same data and sampling"),
     Lever("multi-object", "multiobject.yaml", note="+ schoolgirls, + composites with distractors and occluders"),
     Lever("hard sampling", "hard_sampling.yaml", note="gaps 10-80 frames, colour and scale change"),
+    Lever("fast: shipped", weights="model/weights/fast.safetensors", update_every=3,
+          note="model/weights/fast.safetensors as shipped (the fast profile)"),
+    Lever("fast: control", "fast_control.yaml", update_every=3, note="the fast network, 200 more steps"),
+    Lever("fast: multi-object", "fast_multiobject.yaml", update_every=3, note="multi-object on the fast network"),
+    Lever("fast: hard sampling", "fast_hard_sampling.yaml", update_every=3, note="hard sampling on the fast network"),
 )
 
 
@@ -64,6 +70,8 @@ def score(lever: Lever, data: str, out: Path) -> dict[str, dict[str, float]]:
                *HELD_OUT, "--weights", str(weights_of(lever)), "--init", "both"]
         if lever.crop:
             cmd += ["--crop", *map(str, lever.crop)]
+        if lever.update_every:
+            cmd += ["--update-every", str(lever.update_every)]
         subprocess.run(cmd, check=True)
     table = {}
     for init in ("mask", "box"):

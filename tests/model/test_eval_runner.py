@@ -186,3 +186,27 @@ def test_eval_both_starts_in_one_command(tmp_path: Path, capsys: pytest.CaptureF
                                                           res["box"]["global"]["J&F-Mean"]], abs=1e-3)
     assert res["mask"]["global"]["J&F-Mean"] != res["box"]["global"]["J&F-Mean"]
     assert any(line.startswith("sq ") for line in table)
+
+
+def test_update_every_sets_the_schedule_of_weights_given_by_path(tmp_path: Path, tiny_weights_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """`lwl eval --weights W --update-every 3` scores W with the fast profile's schedule; 0 is one line, exit 2."""
+    from model.eval import runner
+    from model.eval.cli import add_parser
+
+    _make_davis(tmp_path / "data", n=4)
+    seen = []
+    real = runner.evaluate_davis
+
+    def spy(model, *a, **k):  # noqa: ANN001, ANN002, ANN003, ANN202
+        seen.append(model.params.train_skipping)
+        return real(model, *a, **k)
+
+    monkeypatch.setattr(runner, "evaluate_davis", spy)
+    ap = argparse.ArgumentParser()
+    add_parser(ap.add_subparsers())
+    base = ["eval", "--data", str(tmp_path / "data"), "--weights", str(tiny_weights_path), "--device", "cpu"]
+    args = ap.parse_args([*base, "--out", str(tmp_path / "o3"), "--update-every", "3"])
+    assert args.func(args) == 0 and seen == [3]
+    args = ap.parse_args([*base, "--out", str(tmp_path / "o0"), "--update-every", "0"])
+    assert args.func(args) == 2 and seen == [3]
