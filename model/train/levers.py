@@ -36,6 +36,8 @@ LEVERS = (
     Lever("shipped", note="model/weights/accurate.safetensors as shipped"),
     Lever("crop 288x512", crop=(288, 512), note="the shipped weights tracked with a larger crop"),
     Lever("crop 336x608", crop=(336, 608), note="the shipped weights tracked with a larger crop"),
+    Lever("crop 336x608, box encoder refitted", "crop336.yaml",
+          note="the shipped weights with 336x608 crops, the box encoder refitted at that size"),
     Lever("control", "control.yaml", note="200 more steps, same data and sampling"),
     Lever("multi-object", "multiobject.yaml", note="+ schoolgirls, + composites with distractors and occluders"),
     Lever("hard sampling", "hard_sampling.yaml", note="gaps 10-80 frames, colour and scale change"),

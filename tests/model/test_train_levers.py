@@ -109,6 +109,16 @@ def test_lever_recipes_continue_the_shipped_model_and_differ_from_control_in_one
     assert (same_data, same_sampling) in ([(True, True)] if name == "control.yaml" else [(False, True), (True, False)])
 
 
+def test_the_crop_lever_refits_only_the_box_encoder_at_the_larger_crop() -> None:
+    import dataclasses
+
+    control = load_config(LEVERS / "control.yaml")
+    cfg = load_config(LEVERS / "crop336.yaml")
+    assert cfg.init_weights == "model/weights/accurate.safetensors"
+    assert cfg.net_config() == dataclasses.replace(control.net_config(), crop_size=(336, 608))
+    assert [list(p.lr) for p in cfg.phases] == [["box_label_encoder"]] and cfg.phases[0].eval_mode
+
+
 def test_the_lite2_lever_is_the_accurate_recipe_on_the_lite2_backbone() -> None:
     accurate = load_config(LEVERS.parent / "compact_lite0.yaml")
     cfg = load_config(LEVERS / "lite2.yaml")
