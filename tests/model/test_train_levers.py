@@ -107,6 +107,8 @@ def test_lever_recipes_continue_the_shipped_model_and_differ_from_control_in_one
     same_sampling = [(p.max_gap, p.min_gap, p.processing) for p in cfg.phases] == \
         [(p.max_gap, p.min_gap, p.processing) for p in control.phases]
     assert (same_data, same_sampling) in ([(True, True)] if name == "control.yaml" else [(False, True), (True, False)])
+    box = cfg.phases[-1]
+    assert box.mode == "box" and (box.data or cfg.data) == control.data  # every lever refits B the same way
 
 
 def test_the_crop_lever_refits_only_the_box_encoder_at_the_larger_crop() -> None:
