@@ -223,6 +223,11 @@ class Trainer:
             from model.checkpoint import read_weights
 
             w = read_weights(self.cfg.init_weights)
+            made_by = (w.meta.get("trained") or {}).get("recipe")
+            if made_by == self.cfg.name:
+                raise ValueError(f"init_weights {self.cfg.init_weights} were made by this recipe ({made_by}): a "
+                                 "recipe that continues a file it also replaces must start from the file the "
+                                 "recipe before it wrote (rerun that one first)")
             missing, unexpected = self.net.load_state_dict(w.state_dict, strict=False)
             self.log(f"init from {self.cfg.init_weights}: {len(missing)} missing keys (new modules), "
                      f"{len(unexpected)} unexpected")

@@ -150,3 +150,19 @@ def test_a_resumed_run_ends_bit_for_bit_where_an_uninterrupted_one_does(tmp_path
     assert runs["straight"].keys() == runs["resumed"].keys()
     different = [k for k in runs["straight"] if not torch.equal(runs["straight"][k], runs["resumed"][k])]
     assert not different, different[:5]
+
+
+def test_a_recipe_refuses_to_start_from_its_own_export(tmp_path: Path) -> None:
+    """A recipe that continues a file and replaces it (the shipped weights) would, rerun with --fresh,
+    start from its own result: it says so instead."""
+    recipe = yaml.safe_load(_write_tiny_recipe(tmp_path).read_text())
+    recipe["phases"] = recipe["phases"][:1]
+    path = tmp_path / "own.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    made = Trainer(load_config(path), fresh=True, progress=False, log=lambda s: None).run()
+    again = recipe | {"init_weights": str(made)}
+    path.write_text(yaml.safe_dump(again))
+    with pytest.raises(ValueError, match="made by this recipe"):
+        Trainer(load_config(path), fresh=True, progress=False, log=lambda s: None)
+    path.write_text(yaml.safe_dump(again | {"name": "next"}))
+    Trainer(load_config(path), fresh=True, progress=False, log=lambda s: None)  # another recipe may continue it
