@@ -2,7 +2,8 @@
 
 On a shared machine the speed drifts 2-4x between runs, so a figure from an earlier `make bench` says
 little about a change. This runs the same steady-state timing as `make bench` (bundled model, one
-object, 854x480, median over the frames after the 32-sample memory is full) in a fresh process per
+object, 854x480, the mean over the frames after the 32-sample memory is full: a profile that refines
+every k-th frame pays for it on those frames) in a fresh process per
 round, alternating a git worktree of REV and this checkout, and reports each round and the ratio of
 the medians. Each process uses `--threads` torch threads.
 
@@ -50,7 +51,7 @@ for f in frames[1:]:
     tr.step(f)
     times.append(time.perf_counter() - t)
 whole = time.perf_counter() - start
-print(json.dumps(whole if {whole} else float(np.median(times[{full}:]))))
+print(json.dumps(whole if {whole} else float(np.mean(times[{full}:]))))
 """
 BUNDLED = 'm = load_model(None, "cpu")'
 OFFICIAL = 'from bench.run import official_random\nm = official_random(torch.device("cpu"))'
@@ -64,7 +65,7 @@ def child_code(frames: int, threads: int, official: bool = False, crop: tuple[in
 
 
 def time_tree(tree: Path, code: str, threads: int) -> float:
-    """Median seconds per frame in the steady state, measured by a fresh process in `tree`."""
+    """Mean seconds per frame in the steady state, measured by a fresh process in `tree`."""
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(tree)}
     p = subprocess.run([sys.executable, "-c", code], cwd=tree, env=env, capture_output=True, text=True,
                        timeout=1800)
