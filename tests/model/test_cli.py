@@ -214,3 +214,35 @@ def test_unwritable_out_is_one_line(clip: Path, tiny_weights_path: Path, tmp_pat
             "--out", out, "--quiet")
     assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+@pytest.fixture(scope="module")
+def profile_masks(clip: Path) -> dict[str, dict[str, np.ndarray]]:
+    """Each bundled profile's masks of the clip, made with the library (the reference for the CLI's)."""
+    from model.api import load_model
+    from model.media import FrameSource
+    from model.profiles import PROFILES
+    from model.video import segment_video
+
+    if not all(p.weights.is_file() for p in PROFILES.values()):
+        pytest.skip("the bundled models are not in this checkout (make train-default)")
+    first = {2: read_label_png(clip / "ann" / "f002.png")}
+    return {name: {f.name: f.labels for f in segment_video(load_model(None, "cpu", threads=1, profile=name),
+                                                             FrameSource(clip / "frames"), first)}
+            for name in PROFILES}
+
+
+@pytest.mark.parametrize("profile", [None, "fast", "accurate"])
+def test_segment_profile_reaches_the_tracker(clip: Path, tmp_path: Path, profile_masks: dict,
+                                             profile: str | None) -> None:
+    """`lwl segment --profile P` gives the masks of the library's profile P (no option: the default, fast);
+    the two profiles' masks differ on this clip, so the check tells them apart."""
+    fast, accurate = profile_masks["fast"], profile_masks["accurate"]
+    assert any(not np.array_equal(fast[n], accurate[n]) for n in fast)
+    r = lwl("segment", str(clip / "frames"), "--annotations", str(clip / "ann"), "--out", str(tmp_path), "--quiet",
+            *(["--profile", profile] if profile else []))
+    assert r.returncode == 0, r.stderr
+    want = profile_masks[profile or "fast"]
+    assert sorted(p.stem for p in tmp_path.glob("*.png")) == sorted(want)
+    for name, labels in want.items():
+        assert np.array_equal(read_label_png(tmp_path / f"{name}.png"), labels), name
