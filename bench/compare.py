@@ -3,9 +3,9 @@
 On a shared machine the speed drifts 2-4x between runs, so a figure from an earlier `make bench` says
 little about a change. This runs the same steady-state timing as `make bench` (bundled model, one
 object, 854x480, the mean over the frames after the 32-sample memory is full: a profile that refines
-every k-th frame pays for it on those frames) in a fresh process per
-round, alternating a git worktree of REV and this checkout, and reports each round and the ratio of
-the medians. Each process uses `--threads` torch threads.
+every k-th frame pays for it on those frames) in a fresh process per round, alternating a git worktree
+of REV and this checkout, and reports each round and the ratio of the medians over the rounds. Each
+process uses `--threads` torch threads.
 
 `--official` times the authors' ResNet-50 architecture instead (random weights, built by each tree's
 own `bench.run.official_random`, so each side loads it as its `load_model` would) at `--crop`, and

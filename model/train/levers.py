@@ -18,6 +18,7 @@ from pathlib import Path
 
 HELD_OUT = ("boat", "drift-turn", "rhino", "rollerblade", "swing")
 RECIPES = Path(__file__).parent / "configs" / "levers"
+FAST = "model/weights/fast.safetensors"  # the fast profile's weights, scored with its schedule (every 3rd frame)
 
 
 @dataclass(frozen=True)
@@ -42,15 +43,15 @@ LEVERS = (
     Lever("multi-object", "multiobject.yaml", note="+ schoolgirls, + composites with distractors and occluders"),
     Lever("hard sampling", "hard_sampling.yaml", note="gaps 10-80 frames, colour and scale change"),
     Lever("Lite2 backbone", "lite2.yaml", note="the accurate recipe from the start on EfficientNet-Lite2 (about 2 h)"),
-    Lever("fast: shipped", weights="model/weights/fast.safetensors", update_every=3,
+    Lever("fast: shipped", weights=FAST, update_every=3,
           note="model/weights/fast.safetensors as shipped (the fast profile)"),
-    Lever("fast: refined every 4th frame", weights="model/weights/fast.safetensors", update_every=4,
+    Lever("fast: refined every 4th frame", weights=FAST, update_every=4,
           note="the fast profile's target model refined less often (speed lever, no training)"),
-    Lever("fast: refined every 6th frame", weights="model/weights/fast.safetensors", update_every=6,
+    Lever("fast: refined every 6th frame", weights=FAST, update_every=6,
           note="the fast profile's target model refined less often (speed lever, no training)"),
-    Lever("fast: crop 208x368", weights="model/weights/fast.safetensors", crop=(208, 368), update_every=3,
+    Lever("fast: crop 208x368", weights=FAST, crop=(208, 368), update_every=3,
           note="the fast profile tracked with a smaller crop (speed lever, no training)"),
-    Lever("fast: crop 192x352", weights="model/weights/fast.safetensors", crop=(192, 352), update_every=3,
+    Lever("fast: crop 192x352", weights=FAST, crop=(192, 352), update_every=3,
           note="the fast profile tracked with a smaller crop (speed lever, no training)"),
     Lever("fast: control", "fast_control.yaml", update_every=3, note="the fast network, 200 more steps"),
     Lever("fast: multi-object", "fast_multiobject.yaml", update_every=3, note="multi-object on the fast network"),
