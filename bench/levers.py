@@ -10,7 +10,6 @@ row of the same name in `make levers` (runs/levers/levers.md).
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import numpy as np
 
 from bench.run import clip, reference_net, time_tracker
 from model.api import Model, load_model
+from model.config import TrackerParams
 from model.threads import set_cpu_threads
 
 # name -> (crop, refine every k-th frame); None keeps the profile's own
@@ -30,13 +30,9 @@ LEVERS: dict[str, tuple[tuple[int, int] | None, int | None]] = {
 }
 
 
-def variant(model: Model, every: int | None) -> Model:
-    """The same network with another refinement schedule (the tracker reads it from the model's params)."""
-    if every is None:
-        return model
-    other = copy.copy(model)
-    other.params = model.params.with_(train_skipping=every)
-    return other
+def lever_params(model: Model, every: int | None) -> TrackerParams | None:
+    """The tracker parameters of a refinement schedule (None: the model's own), for `Model.new_tracker`."""
+    return None if every is None else model.params.with_(train_skipping=every)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -56,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     runs: dict[str, list[dict]] = {name: [] for name in LEVERS}
     for r in range(args.rounds):
         for name, (crop, every) in LEVERS.items():
-            res = time_tracker(variant(model, every), crop or model.default_crop_size, frames, mask, ref)
+            res = time_tracker(model, crop or model.default_crop_size, frames, mask, ref, lever_params(model, every))
             runs[name].append(res)
             print(f"round {r + 1} {name:24s} {1000 * res['mean_frame_s']:6.1f} ms/frame  "
                   f"{res['frame_vs_reference']:.3f}x the reference", flush=True)

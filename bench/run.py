@@ -62,10 +62,11 @@ def reference_net() -> torch.nn.Module:
 
 
 def time_tracker(model: Model, crop: tuple[int, int], frames: list[np.ndarray], mask: np.ndarray,
-                 ref: torch.nn.Module) -> dict:
-    """Median time per frame once the memory is full, the reference network's forward on the same frame
-    timed right after each of those frames, and the floor: the bare backbone on one crop."""
-    tr = model.new_tracker(crop)
+                 ref: torch.nn.Module, params: TrackerParams | None = None) -> dict:
+    """Mean time per frame once the memory is full, the reference network's forward on the same frame
+    timed right after each of those frames, and the floor: the bare backbone on one crop. `params`
+    replaces the model's tracker parameters (another refinement schedule, say)."""
+    tr = model.new_tracker(crop, params)
     t0 = time.perf_counter()
     tr.step(frames[0], mask=mask)
     init_s = time.perf_counter() - t0

@@ -1,4 +1,4 @@
-"""bench/levers.py keeps working: one short round of every configuration, and a schedule variant that
+"""bench/levers.py keeps working: one short round of every configuration, and a schedule lever that
 leaves the loaded model alone. The real figures come from `python -m bench.levers` with its default rounds."""
 
 from __future__ import annotations
@@ -9,19 +9,19 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bench.levers import LEVERS, variant
+from bench.levers import LEVERS, lever_params
 from model.api import load_model
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_a_schedule_variant_changes_only_its_copy() -> None:
+def test_a_schedule_lever_changes_only_its_tracker() -> None:
     m = load_model(None, "cpu", threads=1, profile="fast")
     every = m.params.train_skipping
-    v = variant(m, 6)
-    assert v.params.train_skipping == 6 and m.params.train_skipping == every
-    assert v.net is m.net and variant(m, None) is m
-    assert v.new_tracker().targets == {}  # a tracker of the variant starts like any other
+    p = lever_params(m, 6)
+    assert p.train_skipping == 6 and m.params.train_skipping == every
+    assert lever_params(m, None) is None
+    assert m.new_tracker(None, p).targets == {}  # a tracker with the lever's schedule starts like any other
 
 
 def test_one_round_of_every_lever(tmp_path: Path) -> None:
